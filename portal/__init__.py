@@ -1,0 +1,1 @@
+"""Tokenbunker portal (see shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Tokenbunker proxy_addons (see shared/DESIGN.md)."""

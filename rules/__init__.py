@@ -1,0 +1,1 @@
+"""Tokenbunker rules (see shared/DESIGN.md)."""

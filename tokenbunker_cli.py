@@ -1,0 +1,198 @@
+"""The `tokenbunker` command: one small module that wires the parts (contract: shared/contracts/cli.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+DEV_KEY_FILE = "data/master.key"
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, no stack trace."""
+
+
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from vault.config import load_config
+
+    return load_config(args.config)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _stop_on_sigterm() -> None:
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from vault.keys import generate_master_key, write_key_file
+
+    key = generate_master_key()
+    if args.out:
+        try:
+            write_key_file(args.out, key)
+        except FileExistsError:
+            raise UserError(f"{args.out}: already exists; not overwriting a key file") from None
+        print(f"wrote a new master key to {args.out} (mode 0600). Keep a copy apart from the database backups.",
+              file=sys.stderr)
+    else:
+        print(key)
+        print("a new master key (64 hex characters): give it as TOKENBUNKER_MASTER_KEY; it is shown only now",
+              file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace, config, dev: bool) -> int:  # type: ignore[no-untyped-def]
+    from waitress import serve
+
+    from vault.config import parse_listen
+    from vault.server import build_app, open_vault, resolve_root_token
+
+    listen = args.listen or config.api.listen
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise UserError(f"--listen: {exc}") from None
+    vault = open_vault(config)
+    try:
+        root = resolve_root_token(vault)
+        app = build_app(config, vault, root)
+        shown_host = f"[{host}]" if ":" in host else host
+        print(f"tokenbunker: vault API on http://{shown_host}:{port}/v1/ (health: /health, ready: /ready)",
+              flush=True)
+        if root.new_token:
+            print(f"tokenbunker: root token (shown once; send it as X-Bunker-Token): {root.new_token}", flush=True)
+        elif root.source == "stored":
+            print("tokenbunker: root token: the one generated earlier (only its hash is kept); "
+                  "`tokenbunker root-token rotate` makes a new one, or set TOKENBUNKER_ROOT_TOKEN", flush=True)
+        if dev:
+            print("tokenbunker: Ctrl-C stops", flush=True)
+        _stop_on_sigterm()
+        try:
+            serve(app, listen=f"{shown_host}:{port}", threads=config.api.threads, ident="tokenbunker",
+                  max_request_body_size=config.api.max_body_bytes)
+        except KeyboardInterrupt:
+            pass
+        except OSError as exc:
+            raise UserError(f"cannot listen on {listen}: {exc.strerror}") from None
+    finally:
+        vault.close()
+    print("tokenbunker: stopped", flush=True)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args, _config(args), dev=False)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from vault.keys import MASTER_KEY_ENV, generate_master_key, write_key_file
+
+    config = _config(args)
+    if not os.environ.get(MASTER_KEY_ENV) and not config.vault.master_key_file:
+        # The development job needs a key and the user asked for one by running it: keep it beside the data,
+        # readable by its owner only, and say so loudly.
+        key_file = Path(DEV_KEY_FILE)
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            write_key_file(key_file, generate_master_key())
+            print(f"tokenbunker: development master key written to {key_file} (mode 0600); "
+                  f"for production give {MASTER_KEY_ENV} instead", flush=True)
+        os.environ["TOKENBUNKER_VAULT_MASTER_KEY_FILE"] = str(key_file)
+        config = _config(args)
+    args.listen = None
+    return _serve(args, config, dev=True)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from vault.db import make_engine, safe_url
+    from vault.migrate import current_revision, migrate
+
+    config = _config(args)
+    engine = make_engine(config.vault.database_url)
+    try:
+        migrate(engine)
+        print(f"{safe_url(engine)}: schema at revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_root_token_rotate(args: argparse.Namespace) -> int:
+    from vault.server import open_vault, rotate_root_token
+
+    vault = open_vault(_config(args))
+    try:
+        token = rotate_root_token(vault)
+    finally:
+        vault.close()
+    print(token)
+    print("a new root token (shown once); the old one stops working when the servers restart", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenbunker", description="Privacy sidecar and PII vault.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", default=None, help="config file (default: $TOKENBUNKER_CONFIG or config.yaml)")
+        return p
+
+    up = with_config(sub.add_parser("up", help="run the vault API (and, later, portal and sidecar) on SQLite"))
+    up.set_defaults(func=cmd_up)
+
+    serve = with_config(sub.add_parser("serve", help="run the vault REST API under waitress"))
+    serve.add_argument("--listen", default=None, help="HOST:PORT (default: api.listen, 127.0.0.1:3000)")
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="master key management")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = keys_sub.add_parser("generate", help="print a new 256-bit master key (or write it with --out)")
+    gen.add_argument("--out", help="write the key to this new file, mode 0600")
+    gen.set_defaults(func=cmd_keys_generate)
+
+    mig = with_config(sub.add_parser("migrate", help="bring the database schema up to date"))
+    mig.set_defaults(func=cmd_migrate)
+
+    root = sub.add_parser("root-token", help="the root API token")
+    root_sub = root.add_subparsers(dest="root_command", required=True, metavar="ACTION")
+    rot = with_config(root_sub.add_parser("rotate", help="make a new root token and print it once"))
+    rot.set_defaults(func=cmd_root_token_rotate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from vault.config import ConfigError
+    from vault.errors import VaultError
+
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        return int(args.func(args))
+    except (UserError, ConfigError) as exc:
+        print(f"tokenbunker: error: {exc}", file=sys.stderr)
+    except VaultError as exc:
+        print(f"tokenbunker: error: {exc.message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

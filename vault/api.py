@@ -1,0 +1,232 @@
+"""The vault's REST API (contract: shared/contracts/api-v1.md). A thin layer: parse, authorize, call, serialize."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import logging
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from vault.core import Vault
+from vault.durations import parse_expiry
+from vault.errors import BadInput, TooLarge, Unauthorized, VaultError
+from vault.tokens import TokenRequest
+
+log = logging.getLogger("tokenbunker.api")
+EXT = "tokenbunker"
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+_ITEM_KEYS = {"value", "kind", "format", "deterministic", "ttl", "subject", "route"}
+
+v1 = Blueprint("v1", __name__, url_prefix="/v1")
+probes = Blueprint("probes", __name__)
+
+
+class ApiState:
+    """What the API needs, kept in app.extensions (no module globals)."""
+
+    def __init__(self, vault: Vault, root_token_hash: bytes, max_batch: int) -> None:
+        self.vault = vault
+        self.root_token_hash = root_token_hash
+        self.max_batch = max_batch
+
+
+def create_app(vault: Vault, *, root_token_hash: bytes, max_body_bytes: int = 4 << 20, max_batch: int = 1000) -> Flask:
+    app = Flask("tokenbunker")
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXT] = ApiState(vault, root_token_hash, max_batch)
+    app.register_blueprint(v1)
+    app.register_blueprint(probes)
+    app.register_error_handler(VaultError, _vault_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def _state() -> ApiState:
+    state: ApiState = current_app.extensions[EXT]
+    return state
+
+
+def _error(status: int, message: str) -> tuple[Response, int]:
+    return jsonify(status="error", message=message), status
+
+
+def _vault_error(exc: VaultError) -> tuple[Response, int]:
+    if exc.status >= 500:
+        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url_rule, exc.message)
+    return _error(exc.status, exc.message)
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    status = exc.code or 500
+    if status == 413:
+        return _error(413, f"request body too large (limit {current_app.config['MAX_CONTENT_LENGTH']} bytes)")
+    return _error(status, (exc.name or "error").lower())
+
+
+def _unexpected_error(exc: Exception) -> tuple[Response, int]:
+    # The traceback's frames say where; the exception's text could hold a value, so it is left out.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("unexpected %s on %s %s\n%s", type(exc).__name__, request.method, request.url_rule, frames)
+    return _error(500, "internal error")
+
+
+def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Every /v1 endpoint names the scope it needs; the root token holds them all (scoped tokens come later)."""
+
+    def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            given = request.headers.get("X-Bunker-Token", "")
+            state = _state()
+            if not given or not hmac.compare_digest(
+                state.vault.keyring.api_token_hash(given), state.root_token_hash
+            ):
+                raise Unauthorized("missing or invalid X-Bunker-Token")
+            g.actor = "root"
+            g.scope = scope
+            return view(*args, **kwargs)
+
+        return checked
+
+    return wrap
+
+
+def _body() -> Any:
+    """A JSON body, or a form whose fields become top-level string keys (as Databunker accepts)."""
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return {key: request.form[key] for key in request.form}
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise BadInput("the request body is empty")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput("the request body is not valid JSON") from None
+
+
+def _object_body() -> dict[str, Any]:
+    body = _body()
+    if not isinstance(body, dict):
+        raise BadInput("the request body must be a JSON object")
+    return body
+
+
+def _list_field(body: dict[str, Any], name: str) -> list[Any]:
+    items = body.get(name)
+    if not isinstance(items, list):
+        raise BadInput(f"'{name}' must be a JSON array")
+    limit = _state().max_batch
+    if len(items) > limit:
+        raise TooLarge(f"too many {name}: {len(items)} > {limit} in one call")
+    return items
+
+
+def _token_request(index: int, item: Any, now: int) -> TokenRequest:
+    if not isinstance(item, dict):
+        raise BadInput(f"items[{index}]: must be a JSON object")
+    unknown = set(item) - _ITEM_KEYS
+    if unknown:
+        raise BadInput(f"items[{index}]: unknown key '{sorted(unknown)[0][:40]}'")
+    try:
+        ttl = item.get("ttl")
+        return TokenRequest(
+            value=item.get("value"),  # type: ignore[arg-type]
+            kind=item.get("kind", "generic"),
+            format=item.get("format", "opaque"),
+            deterministic=item.get("deterministic", False),
+            ttl=None if ttl is None else parse_expiry(ttl, now),
+            subject=item.get("subject"),
+            route=item.get("route"),
+        )
+    except BadInput as exc:
+        raise BadInput(f"items[{index}]: {exc.message}") from None
+
+
+@v1.post("/tokenize")
+@requires("tokenize")
+def tokenize() -> Response:
+    body = _object_body()
+    now = _state().vault.now()
+    reqs = [_token_request(i, item, now) for i, item in enumerate(_list_field(body, "items"))]
+    return jsonify(status="ok", tokens=_state().vault.tokenize(reqs))
+
+
+@v1.post("/detokenize")
+@requires("detokenize")
+def detokenize() -> Response:
+    body = _object_body()
+    token_list = _list_field(body, "tokens")
+    if not all(isinstance(t, str) for t in token_list):
+        raise BadInput("'tokens' must be an array of strings")
+    reveal = body.get("reveal", "plain")
+    if reveal not in ("plain", "masked"):
+        raise BadInput("'reveal' must be plain or masked")
+    purpose = body.get("purpose")
+    if purpose is not None and not isinstance(purpose, str):
+        raise BadInput("'purpose' must be a string")
+    return jsonify(status="ok", values=_state().vault.detokenize(token_list, reveal, purpose))
+
+
+@v1.get("/token/<path:token>")
+@requires("tokens:read")
+def token_get(token: str) -> Response:
+    return jsonify(status="ok", **_state().vault.token_info(token).as_dict())
+
+
+@v1.delete("/token/<path:token>")
+@requires("tokens:write")
+def token_delete(token: str) -> Response:
+    _state().vault.delete_token(token)
+    return jsonify(status="ok", result="done")
+
+
+@v1.post("/user")
+@requires("users:write")
+def user_create() -> Response:
+    return jsonify(status="ok", token=_state().vault.create_person(_object_body()))
+
+
+@v1.get("/user/<mode>/<path:ident>")
+@requires("users:read")
+def user_get(mode: str, ident: str) -> Response:
+    person_id, profile = _state().vault.get_person(mode, ident)
+    return jsonify(status="ok", token=person_id, data=profile)
+
+
+@v1.put("/user/<mode>/<path:ident>")
+@requires("users:write")
+def user_change(mode: str, ident: str) -> Response:
+    return jsonify(status="ok", token=_state().vault.update_person(mode, ident, _body()))
+
+
+@v1.delete("/user/<mode>/<path:ident>")
+@requires("users:write")
+def user_forget(mode: str, ident: str) -> Response:
+    _state().vault.forget_person(mode, ident)
+    return jsonify(status="ok", result="done")
+
+
+@v1.get("/openapi.json")
+def openapi() -> Response:
+    return Response(OPENAPI_PATH.read_bytes(), mimetype="application/json")
+
+
+@probes.get("/health")
+def health() -> Response:
+    return jsonify(status="ok")
+
+
+@probes.get("/ready")
+def ready() -> tuple[Response, int]:
+    if not _state().vault.ping():
+        return _error(503, "database unavailable")
+    return jsonify(status="ok"), 200

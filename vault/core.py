@@ -1,0 +1,223 @@
+"""The vault as a library: open it with a master key, then tokenize, reveal, and keep people's records.
+
+Each public method is one transaction. Flask, mitmproxy and the CLI are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from vault import people, tokens
+from vault.datakeys import SHARED_KEY_ID, DataKeys
+from vault.db import WRITE_OPTION, make_engine, safe_url
+from vault.errors import Conflict, Unavailable, WrongKey
+from vault.keys import KeyRing
+from vault.migrate import migrate
+from vault.models import data_keys_table, meta_table
+from vault.tokens import TokenInfo, TokenRequest
+
+_KCV = "key_check_value"
+_RETRIES = 6
+
+
+class Vault:
+    def __init__(
+        self,
+        engine: Engine,
+        keyring: KeyRing,
+        *,
+        default_country: str = "GB",
+        data_key_cache: int = 10000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.keyring = keyring
+        self.default_country = default_country
+        self.keys = DataKeys(keyring, data_key_cache)
+        self._clock = clock
+        self._writer = engine.execution_options(**{WRITE_OPTION: True})
+
+    @classmethod
+    def open(
+        cls,
+        database_url: str,
+        master_key: bytes,
+        *,
+        auto_migrate: bool = True,
+        pool_size: int = 5,
+        default_country: str = "GB",
+        data_key_cache: int = 10000,
+        clock: Callable[[], float] = time.time,
+    ) -> Vault:
+        engine = make_engine(database_url, pool_size)
+        try:
+            if auto_migrate:
+                with _db_errors():
+                    migrate(engine)
+            vault = cls(
+                engine,
+                KeyRing.from_master(master_key),
+                default_country=default_country,
+                data_key_cache=data_key_cache,
+                clock=clock,
+            )
+            vault.check_key()
+        except BaseException:
+            engine.dispose()
+            raise
+        return vault
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with _db_errors(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with _db_errors(), self._writer.begin() as conn:
+            yield conn
+
+    # -- start-up ---------------------------------------------------------------------------------------------
+
+    def check_key(self) -> None:
+        """Refuse a master key that is not the one this vault was made with, before it can write anything."""
+        with self._write() as conn:
+            stored = conn.execute(select(meta_table.c.value).where(meta_table.c.name == _KCV)).scalar()
+            if stored is None:
+                if conn.execute(select(func.count()).select_from(data_keys_table)).scalar():
+                    raise WrongKey("this vault holds data but no key check value; refusing to guess the key")
+                conn.execute(insert(meta_table).values(name=_KCV, value=self.keyring.check_value))
+            elif not self.keyring.check_matches(stored):
+                raise WrongKey(
+                    f"the master key does not open the vault at {safe_url(self.engine)} "
+                    "(key check value differs); refusing to start"
+                )
+            self.keys.ensure_shared(conn, self.now())
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except DBAPIError:
+            return False
+
+    def get_meta(self, name: str) -> str | None:
+        with self._read() as conn:
+            return conn.execute(select(meta_table.c.value).where(meta_table.c.name == name)).scalar()
+
+    def set_meta_once(self, name: str, value: str) -> bool:
+        """Store a fact if it is not there yet; False when another process stored one first."""
+        try:
+            with self._write() as conn:
+                if conn.execute(select(meta_table.c.name).where(meta_table.c.name == name)).first():
+                    return False
+                conn.execute(insert(meta_table).values(name=name, value=value))
+                return True
+        except IntegrityError:
+            return False
+
+    def replace_meta(self, name: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(meta_table).where(meta_table.c.name == name))
+            conn.execute(insert(meta_table).values(name=name, value=value))
+
+    # -- tokens -----------------------------------------------------------------------------------------------
+
+    def tokenize(self, reqs: Sequence[TokenRequest]) -> list[str]:
+        if not reqs:
+            return []
+        for attempt in range(_RETRIES):
+            try:
+                with self._write() as conn:
+                    return tokens.tokenize(conn, self.keyring, self.keys, reqs, self.now())
+            except IntegrityError:
+                # Another writer made the same deterministic token (or a short digits token collided): the
+                # next round finds theirs, or draws again.
+                if attempt == _RETRIES - 1:
+                    raise Conflict("could not store the tokens after several attempts; try again") from None
+        raise AssertionError("unreachable")
+
+    def detokenize(self, token_list: Sequence[str], reveal: str = "plain", purpose: str | None = None) -> list[
+        str | None
+    ]:
+        if not token_list:
+            return []
+        with self._read() as conn:
+            # Consents (agreements) come with the privacy-rights API; until a purpose can be consented to,
+            # nothing is revealed under one: fail closed.
+            allowed: dict[str, bool] | None = {} if purpose is not None else None
+            return tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), allowed)
+
+    def token_info(self, token: str) -> TokenInfo:
+        with self._read() as conn:
+            return tokens.token_info(conn, token, self.now())
+
+    def delete_token(self, token: str) -> None:
+        with self._write() as conn:
+            tokens.delete_token(conn, token)
+
+    def purge_expired(self) -> int:
+        with self._write() as conn:
+            return tokens.purge_expired(conn, self.now())
+
+    # -- people -----------------------------------------------------------------------------------------------
+
+    def create_person(self, profile: Any) -> str:
+        try:
+            with self._write() as conn:
+                return people.create(conn, self.keyring, self.keys, profile, self.default_country, self.now())
+        except IntegrityError:
+            raise Conflict("duplicate index") from None
+
+    def get_person(self, mode: str, ident: str) -> tuple[str, dict[str, Any]]:
+        with self._read() as conn:
+            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
+            return ref.id, people.read(conn, self.keys, ref)
+
+    def update_person(self, mode: str, ident: str, change: Any) -> str:
+        try:
+            with self._write() as conn:
+                ref = people.find(conn, self.keyring, mode, ident, self.default_country)
+                people.change(conn, self.keyring, self.keys, ref, change, self.default_country, self.now())
+                return ref.id
+        except IntegrityError:
+            raise Conflict("duplicate index") from None
+
+    def forget_person(self, mode: str, ident: str) -> str:
+        with self._write() as conn:
+            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
+            people.forget(conn, self.keys, ref, self.now())
+            return ref.id
+
+    def count_tokens(self) -> int:
+        from vault.models import tokens_table
+
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(tokens_table)).scalar_one())
+
+
+@contextmanager
+def _db_errors() -> Iterator[None]:
+    """A database that is down or locked is the client's 503, never a stack trace; integrity errors go up."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        raise Unavailable(f"database unavailable ({type(exc.orig).__name__})") from None
+
+
+__all__ = ["SHARED_KEY_ID", "Vault"]

@@ -1,0 +1,89 @@
+"""The vault's tables. Values are only ever stored sealed; lookups go through keyed hashes.
+
+The hot paths (batch tokenize/detokenize) use these tables through SQLAlchemy Core; the ORM classes serve the
+schema, Alembic and the colder paths.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, ForeignKey, LargeBinary, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so later migrations can alter them on SQLite (batch mode) and PostgreSQL alike.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Meta(Base):
+    """Small facts about this vault: the key check value, the root API token's hash."""
+
+    __tablename__ = "tb_meta"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class DataKey(Base):
+    """A data key wrapped by the master key: one per person, plus one shared by tokens that belong to no one.
+
+    Forgetting a person deletes their row here: every value sealed under it is gone for good (crypto-shredding).
+    """
+
+    __tablename__ = "tb_data_keys"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Person(Base):
+    __tablename__ = "tb_people"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    data_key_id: Mapped[str] = mapped_column(String(36), ForeignKey("tb_data_keys.id"))
+    profile: Mapped[bytes] = mapped_column(LargeBinary)
+    login_idx: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    email_idx: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    phone_idx: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    custom_idx: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Token(Base):
+    """A token and its sealed value. What the token is (kind, format, owner, expiry, route) is known here,
+    never from the token string itself."""
+
+    __tablename__ = "tb_tokens"
+    token: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(String(16))
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    # Keyed hash of (kind, format, value) for deterministic tokens; unique, so two writers racing on the same
+    # value end with one token. NULL for random tokens (NULLs never collide).
+    lookup: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    owner_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("tb_people.id"), index=True)
+    data_key_id: Mapped[str] = mapped_column(String(36), ForeignKey("tb_data_keys.id"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    route: Mapped[str | None] = mapped_column(String(128))
+
+
+class Forgotten(Base):
+    """People who were forgotten, so that a restore of an older backup can forget them again."""
+
+    __tablename__ = "tb_forgotten"
+    person_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    forgotten_at: Mapped[int] = mapped_column(BigInteger)
+
+
+tokens_table = Token.__table__
+people_table = Person.__table__
+data_keys_table = DataKey.__table__
+meta_table = Meta.__table__
+forgotten_table = Forgotten.__table__

@@ -1,0 +1,127 @@
+"""People (Databunker's "users"): a JSON profile sealed under the person's own data key, found by keyed hashes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, or_, select, update
+
+from vault.crypto import seal, unseal
+from vault.datakeys import DataKeys
+from vault.errors import BadInput, Conflict, NotFound
+from vault.identity import INDEX_MODES, IdentityError, index_values, normalize
+from vault.keys import KeyRing
+from vault.models import forgotten_table as forgotten
+from vault.models import people_table as people
+from vault.models import tokens_table as tokens
+from vault.patching import PatchError, apply_change
+
+@dataclass(frozen=True)
+class PersonRef:
+    id: str
+    data_key_id: str
+
+
+def _aad(person_id: str) -> bytes:
+    return f"person|{person_id}".encode()
+
+
+def _index_hashes(keyring: KeyRing, profile: dict[str, Any], country: str) -> dict[str, bytes]:
+    try:
+        values = index_values(profile, country)
+    except IdentityError as exc:
+        raise BadInput(str(exc)) from None
+    return {f"{mode}_idx": keyring.lookup_hash(f"idx|{mode}", value) for mode, value in values.items()}
+
+
+def _check_unique(conn: Connection, hashes: dict[str, bytes], except_id: str | None = None) -> None:
+    if not hashes:
+        return
+    query = select(people.c.id, *(people.c[col] for col in hashes)).where(
+        or_(*(people.c[col] == value for col, value in hashes.items()))
+    )
+    for row in conn.execute(query):
+        if row.id == except_id:
+            continue
+        for col, value in hashes.items():
+            if getattr(row, col) == value:
+                raise Conflict(f"duplicate index: {col.removesuffix('_idx')}")
+
+
+def _encode(profile: dict[str, Any]) -> bytes:
+    return json.dumps(profile, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def create(conn: Connection, keyring: KeyRing, keys: DataKeys, profile: Any, country: str, now: int) -> str:
+    if not isinstance(profile, dict) or not profile:
+        raise BadInput("a person is a non-empty JSON object")
+    hashes = _index_hashes(keyring, profile, country)
+    if not hashes:
+        raise BadInput(f"at least one of {', '.join(INDEX_MODES)} is required")
+    _check_unique(conn, hashes)
+    person_id = str(uuid.uuid4())
+    key_id, aead = keys.create(conn, now)
+    conn.execute(
+        insert(people).values(
+            id=person_id,
+            data_key_id=key_id,
+            profile=seal(aead, _encode(profile), _aad(person_id)),
+            created_at=now,
+            updated_at=now,
+            **hashes,
+        )
+    )
+    return person_id
+
+
+def find(conn: Connection, keyring: KeyRing, mode: str, ident: str, country: str) -> PersonRef:
+    try:
+        value = normalize(mode, ident, country)
+    except IdentityError as exc:
+        raise BadInput(str(exc)) from None
+    column = people.c.id if mode == "token" else people.c[f"{mode}_idx"]
+    key = value if mode == "token" else keyring.lookup_hash(f"idx|{mode}", value)
+    row = conn.execute(select(people.c.id, people.c.data_key_id).where(column == key)).first()
+    if row is None:
+        raise NotFound("person not found")
+    return PersonRef(row.id, row.data_key_id)
+
+
+def read(conn: Connection, keys: DataKeys, ref: PersonRef) -> dict[str, Any]:
+    sealed = conn.execute(select(people.c.profile).where(people.c.id == ref.id)).scalar_one()
+    aead = keys.get_many(conn, {ref.data_key_id})[ref.data_key_id]
+    profile: dict[str, Any] = json.loads(unseal(aead, sealed, _aad(ref.id)))
+    return profile
+
+
+def change(
+    conn: Connection, keyring: KeyRing, keys: DataKeys, ref: PersonRef, patch: Any, country: str, now: int
+) -> dict[str, Any]:
+    try:
+        profile = apply_change(read(conn, keys, ref), patch)
+    except PatchError as exc:
+        raise BadInput(str(exc)) from None
+    hashes = _index_hashes(keyring, profile, country)
+    if not hashes:
+        raise BadInput(f"at least one of {', '.join(INDEX_MODES)} must remain")
+    _check_unique(conn, hashes, except_id=ref.id)
+    aead = keys.get_many(conn, {ref.data_key_id})[ref.data_key_id]
+    all_indexes = {f"{mode}_idx": hashes.get(f"{mode}_idx") for mode in INDEX_MODES}
+    conn.execute(
+        update(people)
+        .where(people.c.id == ref.id)
+        .values(profile=seal(aead, _encode(profile), _aad(ref.id)), updated_at=now, **all_indexes)
+    )
+    return profile
+
+
+def forget(conn: Connection, keys: DataKeys, ref: PersonRef, now: int) -> int:
+    """Crypto-shred: delete the tokens, the record and the data key; keep only the fact that it happened."""
+    removed = conn.execute(delete(tokens).where(tokens.c.owner_id == ref.id)).rowcount
+    conn.execute(delete(people).where(people.c.id == ref.id))
+    keys.destroy(conn, ref.data_key_id)
+    conn.execute(insert(forgotten).values(person_id=ref.id, forgotten_at=now))
+    return removed

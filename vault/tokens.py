@@ -1,0 +1,235 @@
+"""Batch tokenize and detokenize: one transaction and a fixed number of statements per batch, whatever its size.
+
+These run on SQLAlchemy Core against plain tuples and dicts: the ORM's per-object bookkeeping would cost more than
+the cryptography itself on this path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, select, update
+
+from vault.crypto import seal, unseal
+from vault.datakeys import SHARED_KEY_ID, DataKeys
+from vault.errors import BadInput, NotFound
+from vault.formats import FORMATS, check_value_for_format, make_token
+from vault.identity import mask
+from vault.keys import KeyRing
+from vault.models import people_table as people
+from vault.models import tokens_table as tokens
+
+KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+ROUTE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+MAX_VALUE_CHARS = 65536
+REVEALS = ("plain", "masked")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    value: str
+    kind: str = "generic"
+    format: str = "opaque"
+    deterministic: bool = False
+    ttl: int | None = None  # seconds
+    subject: str | None = None  # a person's uuid
+    route: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, str) or self.value == "":
+            raise BadInput("value must be a non-empty string")
+        if len(self.value) > MAX_VALUE_CHARS:
+            raise BadInput(f"value is longer than {MAX_VALUE_CHARS} characters")
+        if not isinstance(self.kind, str) or not KIND_PATTERN.match(self.kind):
+            raise BadInput("kind must match ^[a-z][a-z0-9_-]{0,31}$")
+        if self.format not in FORMATS:
+            raise BadInput(f"unknown token format: use one of {', '.join(FORMATS)}")
+        if not isinstance(self.deterministic, bool):
+            raise BadInput("deterministic must be true or false")
+        if self.ttl is not None and (isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or self.ttl <= 0):
+            raise BadInput("ttl must be a positive duration")
+        if self.route is not None and (not isinstance(self.route, str) or not ROUTE_PATTERN.match(self.route)):
+            raise BadInput("route must be a short name of letters, digits and _.:-")
+        check_value_for_format(self.format, self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    token: str
+    kind: str
+    format: str
+    created: int
+    expires: int | None
+    subject: str | None
+    route: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "kind": self.kind,
+            "format": self.format,
+            "created": self.created,
+            "expires": self.expires,
+            "subject": self.subject,
+            "route": self.route,
+        }
+
+
+def _aad(token: str, kind: str) -> bytes:
+    return f"tok|{token}|{kind}".encode()
+
+
+def _lookup_scope(req: TokenRequest) -> str:
+    return f"tok|{req.kind}|{req.format}"
+
+
+def tokenize(
+    conn: Connection, keyring: KeyRing, keys: DataKeys, reqs: Sequence[TokenRequest], now: int
+) -> list[str]:
+    owners = _owner_keys(conn, {r.subject for r in reqs if r.subject})
+    aeads = keys.get_many(conn, set(owners.values()) | {SHARED_KEY_ID})
+
+    lookups = [keyring.lookup_hash(_lookup_scope(r), r.value) if r.deterministic else None for r in reqs]
+    existing: dict[bytes, Any] = {}
+    expired: list[str] = []
+    wanted = [lk for lk in lookups if lk is not None]
+    if wanted:
+        query = select(tokens.c.token, tokens.c.lookup, tokens.c.expires_at, tokens.c.owner_id).where(
+            tokens.c.lookup.in_(set(wanted))
+        )
+        for row in conn.execute(query):
+            if row.expires_at is not None and row.expires_at <= now:
+                expired.append(row.token)  # its value is gone; the value gets a new token below
+            else:
+                existing[row.lookup] = row
+
+    out: list[str] = []
+    new_rows: list[dict[str, Any]] = []
+    adopted: list[dict[str, Any]] = []
+    made: dict[bytes, str] = {}  # deterministic values made earlier in this same batch
+    batch_tokens: set[str] = set()
+    for req, lk in zip(reqs, lookups, strict=True):
+        if lk is not None:
+            hit = existing.get(lk)
+            if hit is not None:
+                out.append(hit.token)
+                if hit.owner_id is None and req.subject is not None:
+                    # A value first seen unowned (a log IP, say) and now seen with its person becomes theirs, so
+                    # forget-me reaches it too.
+                    key_id = owners[req.subject]
+                    adopted.append(
+                        {
+                            "t": hit.token,
+                            "owner_id": req.subject,
+                            "data_key_id": key_id,
+                            "value": seal(aeads[key_id], req.value.encode(), _aad(hit.token, req.kind)),
+                        }
+                    )
+                    existing[lk] = hit._replace(owner_id=req.subject)
+                continue
+            if lk in made:
+                out.append(made[lk])
+                continue
+        token = make_token(req.format, req.value)
+        while token in batch_tokens:
+            token = make_token(req.format, req.value)
+        batch_tokens.add(token)
+        key_id = owners[req.subject] if req.subject else SHARED_KEY_ID
+        new_rows.append(
+            {
+                "token": token,
+                "kind": req.kind,
+                "format": req.format,
+                "value": seal(aeads[key_id], req.value.encode(), _aad(token, req.kind)),
+                "lookup": lk,
+                "owner_id": req.subject,
+                "data_key_id": key_id,
+                "created_at": now,
+                "expires_at": now + req.ttl if req.ttl else None,
+                "route": req.route,
+            }
+        )
+        if lk is not None:
+            made[lk] = token
+        out.append(token)
+
+    if expired:
+        conn.execute(delete(tokens).where(tokens.c.token.in_(expired)))
+    if adopted:
+        conn.execute(
+            update(tokens).where(tokens.c.token == bindparam("t")),
+            adopted,
+        )
+    if new_rows:
+        conn.execute(tokens.insert(), new_rows)
+    return out
+
+
+def _owner_keys(conn: Connection, subjects: set[str | None]) -> dict[str, str]:
+    """person uuid -> data key id, for every subject of the batch; an unknown subject fails the whole batch."""
+    wanted = {s for s in subjects if s}
+    if not wanted:
+        return {}
+    rows = conn.execute(select(people.c.id, people.c.data_key_id).where(people.c.id.in_(wanted))).all()
+    found = {row.id: row.data_key_id for row in rows}
+    if len(found) != len(wanted):
+        raise NotFound("unknown subject: no person has that token")
+    return found
+
+
+def detokenize(
+    conn: Connection,
+    keys: DataKeys,
+    token_list: Sequence[str],
+    reveal: str,
+    now: int,
+    allowed_owners: Mapping[str, bool] | None = None,
+) -> list[str | None]:
+    """Values in the order asked; None for unknown, expired or forgotten tokens (and, when `allowed_owners` is
+    given, for tokens whose owner is not in it: consent is checked by the caller)."""
+    if reveal not in REVEALS:
+        raise BadInput("reveal must be plain or masked")
+    unique = set(token_list)
+    rows = conn.execute(
+        select(
+            tokens.c.token, tokens.c.kind, tokens.c.value, tokens.c.data_key_id, tokens.c.expires_at,
+            tokens.c.owner_id,
+        ).where(tokens.c.token.in_(unique))
+    ).all()
+    aeads = keys.get_many(conn, {row.data_key_id for row in rows})
+    values: dict[str, str] = {}
+    for token, kind, sealed, key_id, expires_at, owner_id in rows:
+        if expires_at is not None and expires_at <= now:
+            continue
+        if allowed_owners is not None and not allowed_owners.get(owner_id or "", False):
+            continue
+        aead = aeads.get(key_id)
+        if aead is None:
+            continue  # the owner's key was destroyed: this value is gone
+        plain = unseal(aead, sealed, _aad(token, kind)).decode()
+        values[token] = mask(kind, plain) if reveal == "masked" else plain
+    return [values.get(t) for t in token_list]
+
+
+def token_info(conn: Connection, token: str, now: int) -> TokenInfo:
+    row = conn.execute(
+        select(
+            tokens.c.token, tokens.c.kind, tokens.c.format, tokens.c.created_at, tokens.c.expires_at,
+            tokens.c.owner_id, tokens.c.route,
+        ).where(tokens.c.token == token)
+    ).first()
+    if row is None or (row.expires_at is not None and row.expires_at <= now):
+        raise NotFound("token not found")
+    return TokenInfo(row.token, row.kind, row.format, row.created_at, row.expires_at, row.owner_id, row.route)
+
+
+def delete_token(conn: Connection, token: str) -> None:
+    if conn.execute(delete(tokens).where(tokens.c.token == token)).rowcount == 0:
+        raise NotFound("token not found")
+
+
+def purge_expired(conn: Connection, now: int) -> int:
+    return conn.execute(delete(tokens).where(tokens.c.expires_at <= now)).rowcount
