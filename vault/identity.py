@@ -25,13 +25,13 @@ MAX_NAME_CHARS = 256
 _TOKEN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE)
 _ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-# Applied to the lowercased address. Every repetition is anchored by a literal "." or "@", so matching is linear.
+# Applied to the lowercased address. Each repetition ends at a literal "." or "@", so matching is linear.
 _EMAIL = re.compile(
     rf"(?P<local>{_ATEXT}+(?:\.{_ATEXT}+)*)@(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})",
     re.ASCII,
 )
 # Separators people type in phone numbers. Letters are refused rather than read as a vanity number or an
-# extension, which phonenumbers would otherwise do silently, and two different inputs would then share an identity.
+# extension, which phonenumbers does silently, so two different inputs would share one identity.
 _PHONE_CHARS = re.compile(r"[0-9+\-(). ]+", re.ASCII)
 # Control characters; surrogates too, since a lone one cannot be encoded to store or compare it.
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cs"})
@@ -56,7 +56,7 @@ def normalize(mode: str, value: object, default_country: str = "GB") -> str:
 
 
 def index_values(profile: dict[str, Any], default_country: str = "GB") -> dict[str, str]:
-    """Normalized values of the index modes found at the top level of a profile; null or absent ones are skipped."""
+    """Normalized values of the index modes at the top level of a profile; null or absent ones are skipped."""
     if not isinstance(profile, dict):
         raise IdentityError("a profile must be a JSON object")
     values: dict[str, str] = {}
@@ -135,7 +135,9 @@ def mask(kind: str, value: str) -> str:
         if at and local and domain:
             return f"{local[0]}***@{domain}"
     elif kind in MASKED_DIGIT_KINDS:
-        return _mask_digits(value)
+        # With no digit to hide, keeping the other characters would show the whole value: fall through.
+        if any(ch.isdigit() for ch in value):
+            return _mask_digits(value)
     elif kind == "ip":
         masked = _mask_ip(value)
         if masked is not None:

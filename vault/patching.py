@@ -14,7 +14,7 @@ OPS = ("add", "remove", "replace", "move", "copy", "test")
 _INDEX = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 _OP_NAME = re.compile(r"[A-Za-z_]{1,32}", re.ASCII)
 _BAD_ESCAPE = re.compile(r"~(?![01])")
-_MAX_INDEX_DIGITS = 18  # int() of a huge digit string is slow, then refused; no real array is that long anyway
+_MAX_INDEX_DIGITS = 18  # int() of a huge digit string is slow, then refused; no array is that long anyway
 _MAX_SHOWN_PATH = 200  # paths come from the caller; a bound keeps one huge pointer out of logs and responses
 
 
@@ -23,7 +23,7 @@ class PatchError(ValueError):
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """Apply an RFC 7386 merge patch, returning a new value: neither input is changed, nor aliased by the result."""
+    """Apply an RFC 7386 merge patch as a new value: neither input is changed, nor aliased by the result."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     result = copy.deepcopy(target) if isinstance(target, dict) else {}
@@ -57,7 +57,7 @@ def json_patch(doc: Any, ops: list[Any]) -> Any:
 
 
 def apply_change(doc: dict[str, Any], change: Any) -> dict[str, Any]:
-    """Apply a profile change: an array is a JSON Patch, an object a merge patch; the result stays an object."""
+    """Apply a profile change: an array is a JSON Patch, an object a merge patch; the result is an object."""
     try:
         if isinstance(change, list):
             result = json_patch(doc, change)
@@ -185,7 +185,7 @@ def _get(doc: Any, tokens: list[str], where: str, path: str) -> Any:
 
 def _parent(doc: Any, tokens: list[str], where: str, path: str) -> Any:
     parent = _get(doc, tokens[:-1], where, path)
-    if not isinstance(parent, (dict, list)):
+    if not isinstance(parent, dict | list):
         raise PatchError(f"{where}: path {_show(path)} does not exist")
     return parent
 
@@ -218,7 +218,7 @@ def _json_equal(a: Any, b: Any) -> bool:
     """Equality by JSON's rules: unlike Python's ==, true is not 1 and 1.0 is not "1"."""
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+    if isinstance(a, int | float) and isinstance(b, int | float):
         return a == b
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)

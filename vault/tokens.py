@@ -93,7 +93,7 @@ def tokenize(
     aeads = keys.get_many(conn, set(owners.values()) | {SHARED_KEY_ID})
 
     lookups = [keyring.lookup_hash(_lookup_scope(r), r.value) if r.deterministic else None for r in reqs]
-    existing: dict[bytes, Any] = {}
+    existing: dict[bytes, tuple[str, str | None]] = {}  # lookup -> (token, owner)
     expired: list[str] = []
     wanted = [lk for lk in lookups if lk is not None]
     if wanted:
@@ -104,7 +104,7 @@ def tokenize(
             if row.expires_at is not None and row.expires_at <= now:
                 expired.append(row.token)  # its value is gone; the value gets a new token below
             else:
-                existing[row.lookup] = row
+                existing[row.lookup] = (row.token, row.owner_id)
 
     out: list[str] = []
     new_rows: list[dict[str, Any]] = []
@@ -115,20 +115,21 @@ def tokenize(
         if lk is not None:
             hit = existing.get(lk)
             if hit is not None:
-                out.append(hit.token)
-                if hit.owner_id is None and req.subject is not None:
+                hit_token, hit_owner = hit
+                out.append(hit_token)
+                if hit_owner is None and req.subject is not None:
                     # A value first seen unowned (a log IP, say) and now seen with its person becomes theirs, so
                     # forget-me reaches it too.
                     key_id = owners[req.subject]
                     adopted.append(
                         {
-                            "t": hit.token,
+                            "t": hit_token,
                             "owner_id": req.subject,
                             "data_key_id": key_id,
-                            "value": seal(aeads[key_id], req.value.encode(), _aad(hit.token, req.kind)),
+                            "value": seal(aeads[key_id], req.value.encode(), _aad(hit_token, req.kind)),
                         }
                     )
-                    existing[lk] = hit._replace(owner_id=req.subject)
+                    existing[lk] = (hit_token, req.subject)
                 continue
             if lk in made:
                 out.append(made[lk])
