@@ -5,10 +5,11 @@ Each public method is one transaction. Flask, mitmproxy and the CLI are thin lay
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -22,6 +23,7 @@ from vault.migrate import migrate
 from vault.models import data_keys_table, meta_table
 from vault.tokens import TokenInfo, TokenRequest
 
+_T = TypeVar("_T")
 _KCV = "key_check_value"
 _RETRIES = 6
 
@@ -89,6 +91,23 @@ class Vault:
         with _db_errors(), self._writer.begin() as conn:
             yield conn
 
+    def _run_write(self, work: Callable[[Connection], _T], *, retry_integrity: bool = False) -> _T:
+        """One write transaction, run again when the database says a retry will do (deadlock, serialization)."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._write() as conn:
+                    return work(conn)
+            except IntegrityError:
+                if not retry_integrity:
+                    raise
+                if attempt == _RETRIES - 1:
+                    raise Conflict("could not store the tokens after several attempts; try again") from None
+            except _Transient:
+                if attempt == _RETRIES - 1:
+                    raise
+            time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
     # -- start-up ---------------------------------------------------------------------------------------------
 
     def check_key(self) -> None:
@@ -139,16 +158,11 @@ class Vault:
     def tokenize(self, reqs: Sequence[TokenRequest]) -> list[str]:
         if not reqs:
             return []
-        for attempt in range(_RETRIES):
-            try:
-                with self._write() as conn:
-                    return tokens.tokenize(conn, self.keyring, self.keys, reqs, self.now())
-            except IntegrityError:
-                # Another writer made the same deterministic token (or a short digits token collided): the
-                # next round finds theirs, or draws again.
-                if attempt == _RETRIES - 1:
-                    raise Conflict("could not store the tokens after several attempts; try again") from None
-        raise AssertionError("unreachable")
+        # An integrity error here means another writer made the same deterministic token first (or a short
+        # digits token collided): the next round finds theirs, or draws again.
+        return self._run_write(
+            lambda conn: tokens.tokenize(conn, self.keyring, self.keys, reqs, self.now()), retry_integrity=True
+        )
 
     def detokenize(self, token_list: Sequence[str], reveal: str = "plain", purpose: str | None = None) -> list[
         str | None
@@ -177,8 +191,9 @@ class Vault:
 
     def create_person(self, profile: Any) -> str:
         try:
-            with self._write() as conn:
-                return people.create(conn, self.keyring, self.keys, profile, self.default_country, self.now())
+            return self._run_write(
+                lambda conn: people.create(conn, self.keyring, self.keys, profile, self.default_country, self.now())
+            )
         except IntegrityError:
             raise Conflict("duplicate index") from None
 
@@ -188,25 +203,30 @@ class Vault:
             return ref.id, people.read(conn, self.keys, ref)
 
     def update_person(self, mode: str, ident: str, change: Any) -> str:
+        def work(conn: Connection) -> str:
+            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
+            people.change(conn, self.keyring, self.keys, ref, change, self.default_country, self.now())
+            return ref.id
+
         try:
-            with self._write() as conn:
-                ref = people.find(conn, self.keyring, mode, ident, self.default_country)
-                people.change(conn, self.keyring, self.keys, ref, change, self.default_country, self.now())
-                return ref.id
+            return self._run_write(work)
         except IntegrityError:
             raise Conflict("duplicate index") from None
 
     def forget_person(self, mode: str, ident: str) -> str:
-        with self._write() as conn:
+        def work(conn: Connection) -> str:
             ref = people.find(conn, self.keyring, mode, ident, self.default_country)
             people.forget(conn, self.keys, ref, self.now())
             return ref.id
 
-    def count_tokens(self) -> int:
-        from vault.models import tokens_table
+        return self._run_write(work)
 
-        with self._read() as conn:
-            return int(conn.execute(select(func.count()).select_from(tokens_table)).scalar_one())
+
+class _Transient(Unavailable):
+    """A deadlock or serialization failure: the transaction was rolled back and may simply be run again."""
+
+
+_TRANSIENT_SQLSTATES = {"40001", "40P01"}
 
 
 @contextmanager
@@ -217,6 +237,8 @@ def _db_errors() -> Iterator[None]:
     except IntegrityError:
         raise
     except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+            raise _Transient("database busy (concurrent writers); try again") from None
         raise Unavailable(f"database unavailable ({type(exc.orig).__name__})") from None
 
 

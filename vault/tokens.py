@@ -165,6 +165,9 @@ def tokenize(
             adopted,
         )
     if new_rows:
+        # Deterministic rows go in lookup order: writers racing on overlapping batches then take the unique-index
+        # locks in the same order and one waits for the other instead of both deadlocking.
+        new_rows.sort(key=lambda row: row["lookup"] or b"")
         conn.execute(tokens.insert(), new_rows)
     return out
 
