@@ -36,7 +36,9 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/vault_bench.py
 
 lint: $(STAMP)
-	$(VENV)/bin/python -m ruff check . && $(VENV)/bin/python -m mypy
+	$(VENV)/bin/python -m pip install --quiet ruff mypy types-PyYAML
+	$(VENV)/bin/python -m ruff check vault tests bench tokenbunker_cli.py
+	$(VENV)/bin/python -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
