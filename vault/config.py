@@ -365,7 +365,7 @@ def parse_config(text: str, filename: str, env: Mapping[str, str]) -> Config:
         mark, detail = exc.problem_mark or exc.context_mark, exc.problem or exc.context or "syntax error"
         cm = exc.context_mark
         if exc.problem and exc.context:  # e.g. an unclosed quote: say where it started
-            detail += f" ({exc.context}" + (f", line {cm.line + 1})" if cm and cm.line != mark.line else ")")
+            detail += f" ({exc.context}" + (f", line {cm.line + 1})" if cm and mark and cm.line != mark.line else ")")
         where = f"{filename}:{mark.line + 1}" if mark else filename
         raise ConfigError(f"{where}: invalid YAML: {detail}") from None
     except yaml.YAMLError as exc:  # a ReaderError (control character) has a position, not a mark

@@ -6,7 +6,9 @@ schema, Alembic and the colder paths.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, LargeBinary, MetaData, String, Text
+from typing import cast
+
+from sqlalchemy import BigInteger, ForeignKey, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -82,8 +84,8 @@ class Forgotten(Base):
     forgotten_at: Mapped[int] = mapped_column(BigInteger)
 
 
-tokens_table = Token.__table__
-people_table = Person.__table__
-data_keys_table = DataKey.__table__
-meta_table = Meta.__table__
-forgotten_table = Forgotten.__table__
+tokens_table = cast(Table, Token.__table__)
+people_table = cast(Table, Person.__table__)
+data_keys_table = cast(Table, DataKey.__table__)
+meta_table = cast(Table, Meta.__table__)
+forgotten_table = cast(Table, Forgotten.__table__)

@@ -19,6 +19,7 @@ from vault.models import people_table as people
 from vault.models import tokens_table as tokens
 from vault.patching import PatchError, apply_change
 
+
 @dataclass(frozen=True)
 class PersonRef:
     id: str
