@@ -30,6 +30,8 @@ def _setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic narrates every step at INFO; our own migrate logger says what matters.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _stop_on_sigterm() -> None:

@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -102,9 +103,13 @@ def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 def _body() -> Any:
     """A JSON body, or a form whose fields become top-level string keys (as Databunker accepts)."""
-    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    if request.mimetype == "multipart/form-data":
         return {key: request.form[key] for key in request.form}
     raw = request.get_data(cache=False)
+    # `curl -d '{...}'` labels JSON as a form; a form body never starts with { or [, so read it as the JSON it is.
+    if request.mimetype == "application/x-www-form-urlencoded" and raw.lstrip()[:1] not in (b"{", b"["):
+        return {key: values[-1] for key, values in parse_qs(raw.decode("utf-8", "replace"),
+                                                               keep_blank_values=True).items()}
     if not raw.strip():
         raise BadInput("the request body is empty")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -10,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
+log = logging.getLogger("tokenbunker.migrate")
 _SCRIPTS = Path(__file__).parent / "migrations"
 _PG_LOCK_ID = 0x7B0B  # an arbitrary advisory lock number shared by every replica
 
@@ -37,6 +39,7 @@ def migrate(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+    log.info("database schema brought up to revision %s", head)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -171,3 +171,9 @@ def test_database_down_is_503_without_detail(vault: Vault, client: FlaskClient) 
     assert answer.status_code == 503 and answer.json["message"].startswith("database unavailable")
     assert client.get("/ready").status_code == 503
     broken.dispose()
+
+
+def test_json_sent_with_curls_form_label_is_read_as_json(client: FlaskClient) -> None:
+    answer = client.post("/v1/tokenize", data='{"items": [{"value": "curl@example.com"}]}',
+                         content_type="application/x-www-form-urlencoded", headers={"X-Bunker-Token": ROOT})
+    assert answer.status_code == 200 and len(answer.json["tokens"]) == 1
