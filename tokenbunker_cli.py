@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 DEV_KEY_FILE = "data/master.key"
+NEW_KEY_ENV = "TOKENBUNKER_NEW_MASTER_KEY"
 
 
 class UserError(Exception):
@@ -56,6 +57,26 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         print(key)
         print("a new master key (64 hex characters): give it as TOKENBUNKER_MASTER_KEY; it is shown only now",
               file=sys.stderr)
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from vault.core import rotate_master_key
+    from vault.keys import load_master_key, parse_master_key
+
+    config = _config(args)
+    old = load_master_key(config.vault.master_key_file)
+    if args.new_key_file:
+        new = load_master_key(args.new_key_file, {})
+    elif os.environ.get(NEW_KEY_ENV):
+        new = parse_master_key(os.environ[NEW_KEY_ENV], NEW_KEY_ENV)
+    else:
+        raise UserError(f"give the new master key as {NEW_KEY_ENV} or --new-key-file")
+    if new == old:
+        raise UserError("the new master key is the same as the current one")
+    rotate_master_key(config.vault.database_url, old, new)
+    print("master key rotated: the vault secret is now sealed by the new key. Start servers with the new key; "
+          "running ones keep working.", file=sys.stderr)
     return 0
 
 
@@ -168,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen = keys_sub.add_parser("generate", help="print a new 256-bit master key (or write it with --out)")
     gen.add_argument("--out", help="write the key to this new file, mode 0600")
     gen.set_defaults(func=cmd_keys_generate)
+    rot_key = with_config(keys_sub.add_parser(
+        "rotate", help="re-seal the vault under a new master key (old key as usual, new one in "
+        f"{NEW_KEY_ENV} or --new-key-file)"))
+    rot_key.add_argument("--new-key-file", help="a file holding the new key (64 hex characters, mode 0600)")
+    rot_key.set_defaults(func=cmd_keys_rotate)
 
     mig = with_config(sub.add_parser("migrate", help="bring the database schema up to date"))
     mig.set_defaults(func=cmd_migrate)

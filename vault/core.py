@@ -11,20 +11,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from vault import people, tokens
 from vault.datakeys import SHARED_KEY_ID, DataKeys
-from vault.db import WRITE_OPTION, make_engine, safe_url
+from vault.db import WRITE_OPTION, make_engine
 from vault.errors import Conflict, Unavailable, WrongKey
-from vault.keys import KeyRing
+from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
 from vault.migrate import migrate
 from vault.models import data_keys_table, meta_table
 from vault.tokens import TokenInfo, TokenRequest
 
 _T = TypeVar("_T")
-_KCV = "key_check_value"
+_VAULT_SECRET = "vault_secret"
 _RETRIES = 6
 
 
@@ -64,12 +64,13 @@ class Vault:
                     migrate(engine)
             vault = cls(
                 engine,
-                KeyRing.from_master(master_key),
+                KeyRing.from_secret(_unlock(engine, master_key)),
                 default_country=default_country,
                 data_key_cache=data_key_cache,
                 clock=clock,
             )
-            vault.check_key()
+            with vault._write() as conn:
+                vault.keys.ensure_shared(conn, vault.now())
         except BaseException:
             engine.dispose()
             raise
@@ -109,21 +110,6 @@ class Vault:
         raise AssertionError("unreachable")
 
     # -- start-up ---------------------------------------------------------------------------------------------
-
-    def check_key(self) -> None:
-        """Refuse a master key that is not the one this vault was made with, before it can write anything."""
-        with self._write() as conn:
-            stored = conn.execute(select(meta_table.c.value).where(meta_table.c.name == _KCV)).scalar()
-            if stored is None:
-                if conn.execute(select(func.count()).select_from(data_keys_table)).scalar():
-                    raise WrongKey("this vault holds data but no key check value; refusing to guess the key")
-                conn.execute(insert(meta_table).values(name=_KCV, value=self.keyring.check_value))
-            elif not self.keyring.check_matches(stored):
-                raise WrongKey(
-                    f"the master key does not open the vault at {safe_url(self.engine)} "
-                    "(key check value differs); refusing to start"
-                )
-            self.keys.ensure_shared(conn, self.now())
 
     def ping(self) -> bool:
         try:
@@ -227,6 +213,40 @@ class _Transient(Unavailable):
 
 
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
+
+
+def _unlock(engine: Engine, master_key: bytes) -> bytes:
+    """The vault secret, opened with the master key; made and sealed on the first start of an empty vault."""
+    with _db_errors(), engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+        sealed = conn.execute(select(meta_table.c.value).where(meta_table.c.name == _VAULT_SECRET)).scalar()
+        if sealed is not None:
+            return open_vault_secret(master_key, bytes.fromhex(sealed))
+        if conn.execute(select(func.count()).select_from(data_keys_table)).scalar():
+            raise WrongKey("this vault holds data keys but no sealed vault secret; refusing to guess")
+        secret = new_vault_secret()
+        conn.execute(
+            insert(meta_table).values(name=_VAULT_SECRET, value=seal_vault_secret(master_key, secret).hex())
+        )
+        return secret
+
+
+def rotate_master_key(database_url: str, old_key: bytes, new_key: bytes) -> None:
+    """Re-seal the vault secret under a new master key. Data keys, lookup hashes and tokens stay as they are;
+    running servers keep working, and need the new key when they next start."""
+    engine = make_engine(database_url)
+    try:
+        with _db_errors(), engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+            sealed = conn.execute(select(meta_table.c.value).where(meta_table.c.name == _VAULT_SECRET)).scalar()
+            if sealed is None:
+                raise WrongKey("this vault has no sealed vault secret yet: start it once before rotating")
+            secret = open_vault_secret(old_key, bytes.fromhex(sealed))
+            conn.execute(
+                update(meta_table)
+                .where(meta_table.c.name == _VAULT_SECRET)
+                .values(value=seal_vault_secret(new_key, secret).hex())
+            )
+    finally:
+        engine.dispose()
 
 
 @contextmanager

@@ -1,7 +1,10 @@
-"""The master key and the sub-keys derived from it.
+"""The master key, the vault secret it seals, and the keys derived from that secret.
 
-The master key lives outside the database (environment or a key file). Every job gets its own key through HKDF,
-so a leak of one derived key (say, the lookup key) does not open the sealed values.
+master key (outside the database: environment or key file)
+  -> seals the vault secret (random, 256 bits, stored sealed in tb_meta)
+     -> HKDF: wrap (data keys), lookup (keyed hashes), api (API token hashes): one key per job, so a leak of one
+        derived key (say, the lookup key) does not open the sealed values
+        -> data keys (one per person, wrapped) -> values
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from vault.errors import VaultError
+from vault.crypto import seal, unseal
+from vault.errors import Tampered, VaultError, WrongKey
 
 MASTER_KEY_ENV = "TOKENBUNKER_MASTER_KEY"
-_KCV_LABEL = b"tokenbunker key check v1"
+_VAULT_SECRET_AAD = b"tokenbunker vault secret v1"
 
 
 class MasterKeyError(VaultError):
@@ -73,33 +77,54 @@ def write_key_file(path: str | os.PathLike[str], key_hex: str) -> None:
         handle.write(key_hex + "\n")
 
 
-def _derive(master: bytes, label: str) -> bytes:
+def _derive(secret: bytes, label: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"tokenbunker/" + label.encode()).derive(
-        master
+        secret
     )
+
+
+def _master_wrap(master: bytes) -> AESGCM:
+    if len(master) != 32:
+        raise MasterKeyError("the master key must be 256 bits")
+    return AESGCM(_derive(master, "master-wrap"))
+
+
+def seal_vault_secret(master: bytes, secret: bytes) -> bytes:
+    """The vault secret, sealed by the master key: the one thing the master key opens directly."""
+    return seal(_master_wrap(master), secret, _VAULT_SECRET_AAD)
+
+
+def open_vault_secret(master: bytes, sealed: bytes) -> bytes:
+    """Opening it is the key check: AES-GCM's tag fails for any other master key, so a wrong key is refused before
+    anything is read or written with it."""
+    try:
+        return unseal(_master_wrap(master), sealed, _VAULT_SECRET_AAD)
+    except Tampered:
+        raise WrongKey("the master key does not open this vault (key check failed)") from None
+
+
+def new_vault_secret() -> bytes:
+    return secrets.token_bytes(32)
 
 
 @dataclass(frozen=True)
 class KeyRing:
-    """Derived keys, one per job. Built once at start; nothing here is ever logged or stored."""
+    """Keys derived from the vault secret, one per job. Built once at start; never logged or stored.
+
+    They hang off a random vault secret rather than the master key itself, so rotating the master key re-seals one
+    small blob instead of re-computing every lookup hash and re-wrapping every data key.
+    """
 
     wrap: AESGCM = field(repr=False)
     lookup_key: bytes = field(repr=False)
-    token_key: bytes = field(repr=False)
     api_key: bytes = field(repr=False)
-    check_value: str = field(repr=False)
 
     @classmethod
-    def from_master(cls, master: bytes) -> KeyRing:
-        if len(master) != 32:
-            raise MasterKeyError("the master key must be 256 bits")
-        check = hmac.digest(_derive(master, "check"), _KCV_LABEL, sha256).hex()
+    def from_secret(cls, secret: bytes) -> KeyRing:
         return cls(
-            wrap=AESGCM(_derive(master, "wrap")),
-            lookup_key=_derive(master, "lookup"),
-            token_key=_derive(master, "token"),
-            api_key=_derive(master, "api"),
-            check_value=check,
+            wrap=AESGCM(_derive(secret, "wrap")),
+            lookup_key=_derive(secret, "lookup"),
+            api_key=_derive(secret, "api"),
         )
 
     def lookup_hash(self, scope: str, value: str) -> bytes:
@@ -108,9 +133,6 @@ class KeyRing:
 
     def api_token_hash(self, token: str) -> bytes:
         return hmac.digest(self.api_key, token.encode(), sha256)
-
-    def check_matches(self, stored: str) -> bool:
-        return hmac.compare_digest(self.check_value.encode(), stored.encode())
 
     def __repr__(self) -> str:
         return "KeyRing(<hidden>)"

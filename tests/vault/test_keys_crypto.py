@@ -67,10 +67,10 @@ def test_write_key_file_is_private(tmp_path) -> None:  # type: ignore[no-untyped
 
 
 def test_derived_keys_are_separate_and_stable() -> None:
-    master = secrets.token_bytes(32)
-    a, b = KeyRing.from_master(master), KeyRing.from_master(master)
-    assert a.lookup_key == b.lookup_key and a.check_value == b.check_value
-    assert len({a.lookup_key, a.token_key, a.api_key}) == 3
+    secret = secrets.token_bytes(32)
+    a, b = KeyRing.from_secret(secret), KeyRing.from_secret(secret)
+    assert a.lookup_key == b.lookup_key and a.api_key == b.api_key
+    assert a.lookup_key != a.api_key and KeyRing.from_secret(secrets.token_bytes(32)).lookup_key != a.lookup_key
     assert a.lookup_hash("idx|email", "x") != a.lookup_hash("idx|login", "x")
     assert "hidden" in repr(a) and a.lookup_key.hex() not in repr(a)
 
@@ -94,9 +94,32 @@ def test_seal_uses_fresh_nonces_and_binds_associated_data() -> None:
 
 def test_wrong_master_key_is_refused_at_open(database_url: str, master_key: bytes) -> None:
     Vault.open(database_url, master_key).close()
-    with pytest.raises(WrongKey, match="master key does not open the vault") as info:
+    with pytest.raises(WrongKey, match="master key does not open this vault") as info:
         Vault.open(database_url, secrets.token_bytes(32))
     assert master_key.hex() not in str(info.value)
+
+
+def test_rotating_the_master_key_keeps_every_value(database_url: str, master_key: bytes) -> None:
+    from vault.core import rotate_master_key
+
+    vault = Vault.open(database_url, master_key)
+    pid = vault.create_person({"email": "rot@example.com"})
+    tokens = vault.tokenize([TokenRequest("rot@example.com", kind="email", deterministic=True, subject=pid),
+                             TokenRequest("10.0.0.9", kind="ip")])
+    vault.close()
+    new_key = secrets.token_bytes(32)
+    with pytest.raises(WrongKey):
+        rotate_master_key(database_url, secrets.token_bytes(32), new_key)
+    rotate_master_key(database_url, master_key, new_key)
+    with pytest.raises(WrongKey):
+        Vault.open(database_url, master_key)
+    rotated = Vault.open(database_url, new_key)
+    try:
+        assert rotated.detokenize(tokens) == ["rot@example.com", "10.0.0.9"]
+        assert rotated.get_person("email", "rot@example.com")[0] == pid
+        assert rotated.tokenize([TokenRequest("rot@example.com", kind="email", deterministic=True)]) == tokens[:1]
+    finally:
+        rotated.close()
 
 
 def test_swapped_token_ciphertexts_fail_loudly(vault: Vault) -> None:
