@@ -33,6 +33,8 @@ def _setup_logging(verbose: bool = False) -> None:
     )
     # Alembic narrates every step at INFO; our own migrate logger says what matters.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # psycopg warns on every pipeline aborted by a unique-key race that the vault retries anyway.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 
 def _stop_on_sigterm() -> None:
@@ -108,7 +110,8 @@ def _serve(args: argparse.Namespace, config, dev: bool) -> int:  # type: ignore[
         _stop_on_sigterm()
         try:
             serve(app, listen=f"{shown_host}:{port}", threads=config.api.threads, ident="tokenbunker",
-                  max_request_body_size=config.api.max_body_bytes)
+                  # Flask answers bodies over the limit with the API's JSON 413; waitress only stops absurd ones.
+                  max_request_body_size=max(2 * config.api.max_body_bytes, config.api.max_body_bytes + (1 << 20)))
         except KeyboardInterrupt:
             pass
         except OSError as exc:

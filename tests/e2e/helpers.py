@@ -81,7 +81,16 @@ class Server:
         self.returncode: int | None = None
 
     def start(self) -> Server:
-        out, err = self.stdout_path.open("wb"), self.stderr_path.open("wb")
+        for _attempt in range(3):
+            if self._start_once():
+                return self
+            # Another process took the free port between our probe and the server's bind: draw again.
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError(f"the server could not get a free port\n{self.output()}")
+
+    def _start_once(self) -> bool:
+        out, err = self.stdout_path.open("ab"), self.stderr_path.open("ab")
         self._files = [out, err]
         self.proc = subprocess.Popen(
             cli_command("serve", "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}"),
@@ -91,12 +100,14 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._close_files()
+                if "cannot listen on" in self.stderr:
+                    return False
                 raise AssertionError(f"the server exited with {self.proc.returncode} before it was ready\n"
                                      f"{self.output()}")
             try:
                 if requests.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
+                    return True
+            except requests.RequestException:
                 pass
             time.sleep(0.05)
         self.kill()

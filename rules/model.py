@@ -1,0 +1,107 @@
+"""Compiled rules: immutable objects built once at load (JSONPath parsed, regexes compiled), used on the hot path."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Action = Literal["tokenize", "detokenize", "redact", "drop"]
+OnError = Literal["block", "pass"]
+FIELD_PLACES = ("form", "query", "header", "cookie")
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonSelector:
+    path: str
+    expr: Any = field(compare=False, repr=False)  # a parsed jsonpath_ng expression
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSelector:
+    place: str  # form, query, header or cookie
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextSelector:
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectSelector:
+    names: tuple[str, ...]
+    detector: Any = field(compare=False, repr=False)  # a rules.detectors.Detector
+
+
+@dataclass(frozen=True, slots=True)
+class AnyTokensSelector:
+    pass
+
+
+Selector = JsonSelector | FieldSelector | TextSelector | DetectSelector | AnyTokensSelector
+BODY_SELECTORS = (JsonSelector, TextSelector, DetectSelector, AnyTokensSelector)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    selector: Selector
+    action: Action
+    kind: str | None = None  # None: the detector's kind for `detect`, else "generic"
+    format: str = "opaque"
+    deterministic: bool = False
+    ttl: int | None = None
+    reveal: str = "plain"
+    require_consent: str | None = None
+    on_consent_missing: str = "block"
+    placeholder: str = REDACTED
+    where: str = ""  # FILE:LINE, for messages about this rule
+
+    def kind_for(self, detector_kind: str | None = None) -> str:
+        return self.kind or detector_kind or "generic"
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    selector: JsonSelector | FieldSelector
+    index: str  # email, phone, login or custom
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    hosts: tuple[re.Pattern[str], ...] = ()
+    path: re.Pattern[str] | None = None
+    methods: frozenset[str] = frozenset()
+
+    def matches(self, host: str, path: str, method: str) -> bool:
+        if self.methods and method.upper() not in self.methods:
+            return False
+        if self.hosts and not any(h.fullmatch(host.lower()) for h in self.hosts):
+            return False
+        return self.path is None or self.path.search(path) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: Match
+    subject: Subject | None
+    request: tuple[Rule, ...]
+    response: tuple[Rule, ...]
+    on_error: OnError
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    routes: tuple[Route, ...] = ()
+    logs: tuple[Rule, ...] = ()
+    files: tuple[str, ...] = ()
+
+    def route_for(self, host: str, path: str, method: str) -> Route | None:
+        """The first route, in file order, whose match accepts the request."""
+        for route in self.routes:
+            if route.match.matches(host, path, method):
+                return route
+        return None
