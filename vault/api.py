@@ -15,9 +15,10 @@ from urllib.parse import parse_qs
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from vault.core import Vault
+from vault.core import FlowTokenize, Vault
 from vault.durations import parse_expiry
 from vault.errors import BadInput, TooLarge, Unauthorized, VaultError
+from vault.identity import INDEX_MODES
 from vault.tokens import TokenRequest
 
 log = logging.getLogger("tokenbunker.api")
@@ -160,15 +161,34 @@ def _token_request(index: int, item: Any, now: int) -> TokenRequest:
 @requires("tokenize")
 def tokenize() -> Response:
     body = _object_body()
-    now = _state().vault.now()
+    unknown = set(body) - {"items", "subject"}
+    if unknown:
+        raise BadInput(f"unknown key '{sorted(unknown)[0][:40]}'")
+    vault = _state().vault
+    now = vault.now()
     reqs = [_token_request(i, item, now) for i, item in enumerate(_list_field(body, "items"))]
-    return jsonify(status="ok", tokens=_state().vault.tokenize(reqs))
+    if "subject" not in body:
+        return jsonify(status="ok", tokens=vault.tokenize(reqs))
+    # Ours: the person the values belong to, found by an index (or created), as the sidecar does it.
+    subject = body["subject"]
+    if (not isinstance(subject, dict) or set(subject) != {"index", "value"} or subject["index"] not in INDEX_MODES
+            or not isinstance(subject["value"], str)):
+        raise BadInput("'subject' must be {\"index\": \"email|phone|login|custom\", \"value\": \"...\"}")
+    if any(r.subject for r in reqs):
+        raise BadInput("items cannot name their own subject when the call names one")
+    [result] = vault.tokenize_flows([FlowTokenize((subject["index"], subject["value"]), reqs)])
+    if isinstance(result, VaultError):
+        raise result
+    return jsonify(status="ok", tokens=result.tokens, subject=result.person)
 
 
 @v1.post("/detokenize")
 @requires("detokenize")
 def detokenize() -> Response:
     body = _object_body()
+    unknown = set(body) - {"tokens", "reveal", "purpose", "explain"}
+    if unknown:
+        raise BadInput(f"unknown key '{sorted(unknown)[0][:40]}'")
     token_list = _list_field(body, "tokens")
     if not all(isinstance(t, str) for t in token_list):
         raise BadInput("'tokens' must be an array of strings")
@@ -178,7 +198,10 @@ def detokenize() -> Response:
     purpose = body.get("purpose")
     if purpose is not None and not isinstance(purpose, str):
         raise BadInput("'purpose' must be a string")
-    return jsonify(status="ok", values=_state().vault.detokenize(token_list, reveal, purpose))
+    values, reasons = _state().vault.detokenize_explained(token_list, reveal, purpose)
+    if body.get("explain") is True:
+        return jsonify(status="ok", values=values, reasons=reasons)
+    return jsonify(status="ok", values=values)
 
 
 @v1.get("/token/<path:token>")
@@ -218,6 +241,40 @@ def user_change(mode: str, ident: str) -> Response:
 def user_forget(mode: str, ident: str) -> Response:
     _state().vault.forget_person(mode, ident)
     return jsonify(status="ok", result="done")
+
+
+@v1.post("/agreement/<brief>/<mode>/<path:ident>")
+@requires("consent")
+def agreement_give(brief: str, mode: str, ident: str) -> Response:
+    body = _body() if request.content_length else {}
+    if not isinstance(body, dict):
+        raise BadInput("the request body must be a JSON object")
+    vault = _state().vault
+    expiration = body.get("expiration")
+    expires_at = None if expiration in (None, "") else vault.now() + parse_expiry(expiration, vault.now())
+    if body.get("status", "yes") not in ("yes", "no"):
+        raise BadInput("'status' must be yes or no")
+    method, reference = body.get("agreementmethod"), body.get("referencecode")
+    if not all(v is None or (isinstance(v, str) and len(v) <= 64) for v in (method, reference)):
+        raise BadInput("'agreementmethod' and 'referencecode' are strings of at most 64 characters")
+    if body.get("status", "yes") == "no":
+        vault.withdraw_consent(brief, mode, ident)
+    else:
+        vault.give_consent(brief, mode, ident, expires_at, method, reference)
+    return jsonify(status="ok")
+
+
+@v1.delete("/agreement/<brief>/<mode>/<path:ident>")
+@requires("consent")
+def agreement_withdraw(brief: str, mode: str, ident: str) -> Response:
+    _state().vault.withdraw_consent(brief, mode, ident)
+    return jsonify(status="ok")
+
+
+@v1.get("/agreement/<brief>/<mode>/<path:ident>")
+@requires("consent")
+def agreement_get(brief: str, mode: str, ident: str) -> Response:
+    return jsonify(status="ok", data=_state().vault.get_consent(brief, mode, ident).as_dict())
 
 
 @v1.get("/openapi.json")

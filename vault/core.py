@@ -9,15 +9,18 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from vault import people, tokens
+from vault import consents, people, tokens
 from vault.datakeys import SHARED_KEY_ID, DataKeys
 from vault.db import WRITE_OPTION, make_engine
-from vault.errors import Conflict, Unavailable, WrongKey
+from vault.errors import BadInput, Conflict, Unavailable, VaultError, WrongKey
+from vault.formats import TOKEN_PATTERN
+from vault.identity import IdentityError, normalize
 from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
 from vault.migrate import migrate
 from vault.models import data_keys_table, meta_table
@@ -150,16 +153,70 @@ class Vault:
             lambda conn: tokens.tokenize(conn, self.keyring, self.keys, reqs, self.now()), retry_integrity=True
         )
 
+    def tokenize_flows(self, flows: Sequence[FlowTokenize]) -> list[FlowTokens | VaultError]:
+        """Several flows' tokens in one transaction (group commit), each flow's values owned by its subject, found
+        or created here. A flow whose subject is malformed fails alone; the others go on."""
+        results: list[FlowTokens | VaultError] = []
+        wanted: list[tuple[int, str | None, str | None]] = []  # flow index, index mode, normalised value
+        for i, flow in enumerate(flows):
+            results.append(FlowTokens(None, []))
+            if flow.subject is None:
+                wanted.append((i, None, None))
+                continue
+            index, value = flow.subject
+            if isinstance(value, str) and TOKEN_PATTERN.fullmatch(value):
+                wanted.append((i, "token-of", value))  # the app sent back a token: its owner is the subject
+                continue
+            try:
+                wanted.append((i, index, normalize(index, value, self.default_country)))
+            except IdentityError as exc:
+                results[i] = BadInput(f"subject: {exc}")
+
+        def work(conn: Connection) -> list[FlowTokens | VaultError]:
+            now = self.now()
+            found: dict[tuple[str, str], str | None] = {}
+            reqs: list[TokenRequest] = []
+            subjects: list[str | None] = []
+            spans: list[tuple[int, str | None, int, int]] = []
+            for i, index, value in wanted:
+                person: str | None = None
+                if index is not None and value is not None:
+                    if (index, value) not in found:
+                        found[(index, value)] = (
+                            tokens.owner_of(conn, value) if index == "token-of"
+                            else people.find_or_create(conn, self.keyring, self.keys, index, value,
+                                                       self.default_country, now)
+                        )
+                    person = found[(index, value)]
+                start = len(reqs)
+                reqs.extend(flows[i].items)
+                subjects.extend([person] * len(flows[i].items))
+                spans.append((i, person, start, len(reqs)))
+            made = tokens.tokenize(conn, self.keyring, self.keys, reqs, now, subjects) if reqs else []
+            out = list(results)
+            for i, person, start, end in spans:
+                out[i] = FlowTokens(person, made[start:end])
+            return out
+
+        if not wanted:
+            return results
+        return self._run_write(work, retry_integrity=True)
+
     def detokenize(self, token_list: Sequence[str], reveal: str = "plain", purpose: str | None = None) -> list[
         str | None
     ]:
+        return self.detokenize_explained(token_list, reveal, purpose)[0]
+
+    def detokenize_explained(
+        self, token_list: Sequence[str], reveal: str = "plain", purpose: str | None = None
+    ) -> tuple[list[str | None], list[str | None]]:
+        """Values, and for each missing one why: "unknown" or "consent"."""
+        if purpose is not None:
+            consents.check_brief(purpose)
         if not token_list:
-            return []
+            return [], []
         with self._read() as conn:
-            # Consents (agreements) come with the privacy-rights API; until a purpose can be consented to,
-            # nothing is revealed under one: fail closed.
-            allowed: dict[str, bool] | None = {} if purpose is not None else None
-            return tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), allowed)
+            return tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), purpose)
 
     def token_info(self, token: str) -> TokenInfo:
         with self._read() as conn:
@@ -206,6 +263,45 @@ class Vault:
             return ref.id
 
         return self._run_write(work)
+
+
+    # -- consents ---------------------------------------------------------------------------------------------
+
+    def give_consent(self, brief: str, mode: str, ident: str, expires_at: int | None = None,
+                     method: str | None = None, reference: str | None = None) -> str:
+        def work(conn: Connection) -> str:
+            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
+            consents.give(conn, ref.id, brief, self.now(), expires_at, method, reference)
+            return ref.id
+
+        return self._run_write(work)
+
+    def withdraw_consent(self, brief: str, mode: str, ident: str) -> str:
+        def work(conn: Connection) -> str:
+            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
+            consents.withdraw(conn, ref.id, brief, self.now())
+            return ref.id
+
+        return self._run_write(work)
+
+    def get_consent(self, brief: str, mode: str, ident: str) -> consents.Consent:
+        with self._read() as conn:
+            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
+            return consents.get(conn, ref.id, brief, self.now())
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTokenize:
+    """One flow's values to tokenize, and the person they belong to: (index mode, value) or None."""
+
+    subject: tuple[str, str] | None
+    items: Sequence[TokenRequest]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTokens:
+    person: str | None
+    tokens: list[str]
 
 
 class _Transient(Unavailable):

@@ -89,3 +89,20 @@ people_table = cast(Table, Person.__table__)
 data_keys_table = cast(Table, DataKey.__table__)
 meta_table = cast(Table, Meta.__table__)
 forgotten_table = cast(Table, Forgotten.__table__)
+
+
+class Agreement(Base):
+    """A person's consent to one purpose (Databunker: agreement on a legal basis, named by its brief)."""
+
+    __tablename__ = "tb_agreements"
+    person_id: Mapped[str] = mapped_column(String(36), ForeignKey("tb_people.id"), primary_key=True)
+    brief: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # yes, no, revoked
+    given_at: Mapped[int | None] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    method: Mapped[str | None] = mapped_column(String(64))
+    reference: Mapped[str | None] = mapped_column(String(128))
+
+
+agreements_table = cast(Table, Agreement.__table__)

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, or_, select, update
 
+from vault import consents
 from vault.crypto import seal, unseal
 from vault.datakeys import DataKeys
 from vault.errors import BadInput, Conflict, NotFound
@@ -78,6 +79,18 @@ def create(conn: Connection, keyring: KeyRing, keys: DataKeys, profile: Any, cou
     return person_id
 
 
+def find_or_create(
+    conn: Connection, keyring: KeyRing, keys: DataKeys, index: str, value: str, country: str, now: int
+) -> str:
+    """The person whose `index` is `value` (already normalised), made with just that field if there is none."""
+    row = conn.execute(
+        select(people.c.id).where(people.c[f"{index}_idx"] == keyring.lookup_hash(f"idx|{index}", value))
+    ).first()
+    if row is not None:
+        return str(row.id)
+    return create(conn, keyring, keys, {index: value}, country, now)
+
+
 def find(conn: Connection, keyring: KeyRing, mode: str, ident: str, country: str) -> PersonRef:
     try:
         value = normalize(mode, ident, country)
@@ -122,6 +135,7 @@ def change(
 def forget(conn: Connection, keys: DataKeys, ref: PersonRef, now: int) -> int:
     """Crypto-shred: delete the tokens, the record and the data key; keep only the fact that it happened."""
     removed = conn.execute(delete(tokens).where(tokens.c.owner_id == ref.id)).rowcount
+    consents.forget(conn, ref.id)
     conn.execute(delete(people).where(people.c.id == ref.id))
     keys.destroy(conn, ref.data_key_id)
     conn.execute(insert(forgotten).values(person_id=ref.id, forgotten_at=now))

@@ -7,12 +7,13 @@ the cryptography itself on this path.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select, update
 
+from vault import consents
 from vault.crypto import seal, unseal
 from vault.datakeys import SHARED_KEY_ID, DataKeys
 from vault.errors import BadInput, NotFound
@@ -87,9 +88,17 @@ def _lookup_scope(req: TokenRequest) -> str:
 
 
 def tokenize(
-    conn: Connection, keyring: KeyRing, keys: DataKeys, reqs: Sequence[TokenRequest], now: int
+    conn: Connection,
+    keyring: KeyRing,
+    keys: DataKeys,
+    reqs: Sequence[TokenRequest],
+    now: int,
+    subjects: Sequence[str | None] | None = None,
 ) -> list[str]:
-    owners = _owner_keys(conn, {r.subject for r in reqs if r.subject})
+    """Tokens for `reqs`, in order. `subjects`, when given, names each request's owner in place of its own field
+    (the sidecar resolves people in the same transaction)."""
+    owner_of = list(subjects) if subjects is not None else [r.subject for r in reqs]
+    owners = _owner_keys(conn, set(owner_of))
     aeads = keys.get_many(conn, set(owners.values()) | {SHARED_KEY_ID})
 
     lookups = [keyring.lookup_hash(_lookup_scope(r), r.value) if r.deterministic else None for r in reqs]
@@ -111,25 +120,25 @@ def tokenize(
     adopted: list[dict[str, Any]] = []
     made: dict[bytes, str] = {}  # deterministic values made earlier in this same batch
     batch_tokens: set[str] = set()
-    for req, lk in zip(reqs, lookups, strict=True):
+    for req, lk, subject in zip(reqs, lookups, owner_of, strict=True):
         if lk is not None:
             hit = existing.get(lk)
             if hit is not None:
                 hit_token, hit_owner = hit
                 out.append(hit_token)
-                if hit_owner is None and req.subject is not None:
+                if hit_owner is None and subject is not None:
                     # A value first seen unowned (a log IP, say) and now seen with its person becomes theirs, so
                     # forget-me reaches it too.
-                    key_id = owners[req.subject]
+                    key_id = owners[subject]
                     adopted.append(
                         {
                             "t": hit_token,
-                            "owner_id": req.subject,
+                            "owner_id": subject,
                             "data_key_id": key_id,
                             "value": seal(aeads[key_id], req.value.encode(), _aad(hit_token, req.kind)),
                         }
                     )
-                    existing[lk] = (hit_token, req.subject)
+                    existing[lk] = (hit_token, subject)
                 continue
             if lk in made:
                 out.append(made[lk])
@@ -138,7 +147,7 @@ def tokenize(
         while token in batch_tokens:
             token = make_token(req.format, req.value)
         batch_tokens.add(token)
-        key_id = owners[req.subject] if req.subject else SHARED_KEY_ID
+        key_id = owners[subject] if subject else SHARED_KEY_ID
         new_rows.append(
             {
                 "token": token,
@@ -146,7 +155,7 @@ def tokenize(
                 "format": req.format,
                 "value": seal(aeads[key_id], req.value.encode(), _aad(token, req.kind)),
                 "lookup": lk,
-                "owner_id": req.subject,
+                "owner_id": subject,
                 "data_key_id": key_id,
                 "created_at": now,
                 "expires_at": now + req.ttl if req.ttl else None,
@@ -190,10 +199,11 @@ def detokenize(
     token_list: Sequence[str],
     reveal: str,
     now: int,
-    allowed_owners: Mapping[str, bool] | None = None,
-) -> list[str | None]:
-    """Values in the order asked; None for unknown, expired or forgotten tokens (and, when `allowed_owners` is
-    given, for tokens whose owner is not in it: consent is checked by the caller)."""
+    purpose: str | None = None,
+) -> tuple[list[str | None], list[str | None]]:
+    """Values in the order asked, and why each missing one is missing: "unknown" (never made, expired, deleted or
+    forgotten) or "consent" (a purpose was named and the token's owner has not consented to it now; a token that
+    belongs to no one has no one to consent, so it is never revealed under a purpose)."""
     if reveal not in REVEALS:
         raise BadInput("reveal must be plain or masked")
     unique = set(token_list)
@@ -204,18 +214,29 @@ def detokenize(
         ).where(tokens.c.token.in_(unique))
     ).all()
     aeads = keys.get_many(conn, {row.data_key_id for row in rows})
+    allowed = consents.holders(conn, (row.owner_id for row in rows), purpose, now) if purpose is not None else None
     values: dict[str, str] = {}
+    refused: set[str] = set()
     for token, kind, sealed, key_id, expires_at, owner_id in rows:
         if expires_at is not None and expires_at <= now:
-            continue
-        if allowed_owners is not None and not allowed_owners.get(owner_id or "", False):
             continue
         aead = aeads.get(key_id)
         if aead is None:
             continue  # the owner's key was destroyed: this value is gone
+        if allowed is not None and owner_id not in allowed:
+            refused.add(token)
+            continue
         plain = unseal(aead, sealed, _aad(token, kind)).decode()
         values[token] = mask(kind, plain) if reveal == "masked" else plain
-    return [values.get(t) for t in token_list]
+    out = [values.get(t) for t in token_list]
+    reasons = [None if v is not None else ("consent" if t in refused else "unknown") for t, v in zip(token_list, out,
+                                                                                                   strict=True)]
+    return out, reasons
+
+
+def owner_of(conn: Connection, token: str) -> str | None:
+    row = conn.execute(select(tokens.c.owner_id).where(tokens.c.token == token)).first()
+    return None if row is None else row.owner_id
 
 
 def token_info(conn: Connection, token: str, now: int) -> TokenInfo:
