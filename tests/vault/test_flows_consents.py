@@ -86,7 +86,8 @@ def test_api_subject_explain_and_agreements(client: FlaskClient) -> None:
     assert client.delete("/v1/agreement/sms/phone/07700900444", headers=h).json == {"status": "ok"}
     assert client.post("/v1/detokenize", headers=h, json={"tokens": [token], "purpose": "sms"}).json["values"] == [None]
     for body, message in [({"subject": {"index": "nick", "value": "x"}, "items": []}, "'subject' must be"),
-                          ({"subject": {"index": "email", "value": "bad"}, "items": [{"value": "v"}]}, "subject: invalid"),
+                          ({"subject": {"index": "email", "value": "bad"}, "items": [{"value": "v"}]},
+                           "subject: invalid"),
                           ({"items": [], "extra": 1}, "unknown key 'extra'")]:
         answer = client.post("/v1/tokenize", headers=h, json=body)
         assert answer.status_code == 400 and message in answer.json["message"]
