@@ -182,11 +182,14 @@ class Vault:
                 person: str | None = None
                 if index is not None and value is not None:
                     if (index, value) not in found:
-                        found[(index, value)] = (
-                            tokens.owner_of(conn, value) if index == "token-of"
-                            else people.find_or_create(conn, self.keyring, self.keys, index, value,
-                                                       self.default_country, now)
-                        )
+                        if index == "token-of":
+                            found[(index, value)] = tokens.owner_of(conn, value)
+                        elif index == "token":
+                            found[(index, value)] = people.exists(conn, value)
+                        else:
+                            found[(index, value)] = people.find_or_create(
+                                conn, self.keyring, self.keys, index, value, self.default_country, now
+                            )
                     person = found[(index, value)]
                 start = len(reqs)
                 reqs.extend(flows[i].items)

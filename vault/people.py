@@ -91,6 +91,11 @@ def find_or_create(
     return create(conn, keyring, keys, {index: value}, country, now)
 
 
+def exists(conn: Connection, person_id: str) -> str | None:
+    row = conn.execute(select(people.c.id).where(people.c.id == person_id)).first()
+    return None if row is None else str(row.id)
+
+
 def find(conn: Connection, keyring: KeyRing, mode: str, ident: str, country: str) -> PersonRef:
     try:
         value = normalize(mode, ident, country)

@@ -1,0 +1,52 @@
+"""Keeps client addresses (and any other IP or email) out of the proxy's own log lines.
+
+mitmproxy names the client in its connection and error messages; those lines are personal data. Each record is
+rewritten before any handler prints it: addresses dropped, or replaced by a keyed hash that stays the same for the
+same address (so a run of errors from one client can still be told apart) but cannot be reversed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from hashlib import sha256
+
+CHOICES = ("drop", "hash", "keep")
+_ADDRESS = re.compile(
+    r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"  # IPv4
+    r"|(?<![\w:])\[?(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?:%\w+)?\]?(?![\w:])"  # IPv6, loosely: better too much
+    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # email
+)
+
+
+class AddressFilter(logging.Filter):
+    def __init__(self, mode: str = "drop", key: bytes = b"") -> None:
+        super().__init__()
+        if mode not in CHOICES:
+            raise ValueError(f"unknown client address log mode '{mode}': use one of {', '.join(CHOICES)}")
+        self.mode = mode
+        self.key = key
+
+    def _replace(self, match: re.Match[str]) -> str:
+        if self.mode == "drop":
+            return "[address]"
+        return "addr-" + hmac.digest(self.key, match.group(0).encode(), sha256).hex()[:12]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.mode == "keep":
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not format: say nothing rather than something
+            message = record.msg if isinstance(record.msg, str) else ""
+        record.msg = _ADDRESS.sub(self._replace, message)
+        record.args = ()
+        return True
+
+
+def install(filter_: AddressFilter) -> None:
+    """On every handler of the root logger (mitmproxy's terminal log is one of them)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, AddressFilter) for f in handler.filters):
+            handler.addFilter(filter_)

@@ -1,0 +1,418 @@
+"""Apply a route's compiled rules to one HTTP message: find the values, ask the vault once, write the answers back.
+
+Structured selectors (json, form, query, header, cookie) go first; text-like ones (text, detect, any: tokens) then
+run over what is left: every string of a JSON body, every field of a form, or the whole of any other text body.
+Nothing here logs or raises with a value in it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+
+from proxy_addons.vaultclient import VaultClient
+from rules.model import (
+    AnyTokensSelector,
+    DetectSelector,
+    FieldSelector,
+    JsonSelector,
+    Route,
+    Rule,
+    Subject,
+    TextSelector,
+)
+from vault.formats import TOKEN_PATTERN
+from vault.tokens import TokenRequest
+
+JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json$|^text/json$")
+FORM_TYPE = "application/x-www-form-urlencoded"
+MULTIPART_TYPE = "multipart/form-data"
+BINARY_TYPE = re.compile(r"^(image|audio|video|font)/|^application/(octet-stream|pdf|zip|gzip|x-protobuf|grpc)")
+TEXT_SELECTORS = (TextSelector, DetectSelector, AnyTokensSelector)
+
+
+class ProtectionError(Exception):
+    """The message cannot be protected (unparseable body, vault error, unknown token): the route's on_error."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class Blocked(Exception):
+    """A rule refuses the message (consent missing): never passed on, whatever on_error says."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class Counts:
+    tokenized: int = 0
+    revealed: int = 0
+    redacted: int = 0
+    dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"tokenized": self.tokenized, "revealed": self.revealed, "redacted": self.redacted,
+                "dropped": self.dropped}
+
+
+Sink = Callable[[str], None]
+
+
+@dataclass
+class _Reveal:
+    token: str
+    sink: Sink
+    rule: Rule
+    strict: bool  # a field named by the rule must hold a known token; `any: tokens` only reveals what it knows
+
+
+@dataclass
+class _Work:
+    """What one pass needs from the vault, and where each answer goes."""
+
+    route: str
+    counts: Counts
+    tokenize: list[TokenRequest] = field(default_factory=list)
+    tokenize_sinks: list[Sink] = field(default_factory=list)
+    reveals: list[_Reveal] = field(default_factory=list)
+
+    def add_tokenize(self, value: str, rule: Rule, sink: Sink, kind: str | None = None) -> None:
+        try:
+            req = TokenRequest(value, kind=rule.kind_for(kind), format=rule.format,
+                               deterministic=rule.deterministic, ttl=rule.ttl, route=self.route)
+        except Exception as exc:  # BadInput: its message holds no value
+            raise ProtectionError(f"{rule.where}: {getattr(exc, 'message', 'invalid value')}") from None
+        self.tokenize.append(req)
+        self.tokenize_sinks.append(sink)
+
+    async def run(self, vault: VaultClient, subject: tuple[str, str] | None) -> str | None:
+        person = None
+        if self.tokenize:
+            made = await vault.tokenize(subject, self.tokenize)
+            person = made.person
+            for sink, token in zip(self.tokenize_sinks, made.tokens, strict=True):
+                sink(token)
+            self.counts.tokenized += len(made.tokens)
+        groups: dict[tuple[str, str | None], list[_Reveal]] = {}
+        for reveal in self.reveals:
+            groups.setdefault((reveal.rule.reveal, reveal.rule.require_consent), []).append(reveal)
+        for (mode, purpose), items in groups.items():
+            values, reasons = await vault.detokenize([r.token for r in items], mode, purpose)
+            for item, value, reason in zip(items, values, reasons, strict=True):
+                if value is not None:
+                    item.sink(value)
+                    self.counts.revealed += 1
+                elif reason == "consent":
+                    if item.rule.on_consent_missing == "redact":
+                        item.sink(item.rule.placeholder)
+                        self.counts.redacted += 1
+                    else:
+                        raise Blocked(f"route '{self.route}': consent '{purpose}' is not given")
+                elif item.strict:
+                    raise ProtectionError(f"{item.rule.where}: the field holds no known token")
+        return person
+
+
+def read_subject(request: http.Request, subject: Subject | None) -> tuple[str, str] | None:
+    """The value that identifies the person, read before anything in the request is rewritten."""
+    if subject is None:
+        return None
+    selector = subject.selector
+    value: Any = None
+    if isinstance(selector, JsonSelector):
+        doc = _json_doc(request)
+        if doc is not _NO_JSON:
+            found = [m.value for m in selector.expr.find(doc)]
+            value = found[0] if found else None
+    else:
+        values = _field_values(request, selector, request)
+        value = values[0] if values else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    return (subject.index, value) if isinstance(value, str) and value else None
+
+
+class _NoJson:
+    pass
+
+
+_NO_JSON: Any = _NoJson()
+
+
+def _json_doc(message: http.Message) -> Any:
+    """The body as JSON when it says or looks like JSON; _NO_JSON when it is neither; an error when it claims JSON
+    and is not."""
+    raw = _content(message)
+    if not raw or not raw.strip():
+        return _NO_JSON
+    mimetype = _mimetype(message)
+    claims = bool(JSON_TYPE.match(mimetype))
+    if not claims and raw.lstrip()[:1] not in (b"{", b"["):
+        return _NO_JSON
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        if claims:
+            raise ProtectionError("the body is not valid JSON although its Content-Type says so") from None
+        return _NO_JSON
+
+
+def _content(message: http.Message) -> bytes | None:
+    try:
+        return message.get_content(strict=True)
+    except ValueError:
+        raise ProtectionError("the body's Content-Encoding cannot be decoded") from None
+
+
+def _mimetype(message: http.Message) -> str:
+    return message.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _field_values(message: http.Message, selector: FieldSelector, request: http.Request) -> list[str]:
+    place, name = selector.place, selector.name
+    if place == "query":
+        return list(request.query.get_all(name)) if message is request else []
+    if place == "header":
+        return list(message.headers.get_all(name))
+    if place == "cookie":
+        if isinstance(message, http.Request):
+            return list(message.cookies.get_all(name))
+        return [value for value, _attrs in message.cookies.get_all(name)]  # type: ignore[union-attr]
+    if not isinstance(message, http.Request):
+        return []  # a response carries no form fields
+    mimetype = _mimetype(message)
+    if mimetype == FORM_TYPE:
+        return list(message.urlencoded_form.get_all(name))
+    if mimetype == MULTIPART_TYPE:
+        return [v.decode("utf-8", "replace") for v in message.multipart_form.get_all(name.encode())]
+    return []
+
+
+def _set_field_values(message: http.Message, selector: FieldSelector, values: list[str | None]) -> None:
+    """Write back one field's values; None removes that occurrence."""
+    place, name = selector.place, selector.name
+    kept = [v for v in values if v is not None]
+    if place == "query":
+        message.query.set_all(name, kept)  # type: ignore[union-attr]
+    elif place == "header":
+        message.headers.set_all(name, kept)
+    elif place == "cookie":
+        if isinstance(message, http.Request):
+            message.cookies.set_all(name, kept)
+        else:
+            jar = message.cookies  # type: ignore[union-attr]
+            attrs = [a for _v, a in jar.get_all(name)]
+            jar.set_all(name, [(v, a) for v, a in zip(values, attrs, strict=True) if v is not None])
+    elif _mimetype(message) == FORM_TYPE:
+        message.urlencoded_form.set_all(name, kept)  # type: ignore[union-attr]
+    else:
+        message.multipart_form.set_all(name.encode(), [v.encode() for v in kept])  # type: ignore[union-attr]
+
+
+class MessageRewriter:
+    """Rewrites one message (a request, or a response) by one route's rules for that direction."""
+
+    def __init__(self, message: http.Message, request: http.Request, route: Route, rules: Sequence[Rule]) -> None:
+        self.message = message
+        self.request = request
+        self.route = route
+        self.rules = rules
+        self.counts = Counts()
+
+    async def apply(self, vault: VaultClient, subject: tuple[str, str] | None) -> str | None:
+        structured = [r for r in self.rules if not isinstance(r.selector, TEXT_SELECTORS)]
+        textual = [r for r in self.rules if isinstance(r.selector, TEXT_SELECTORS)]
+        person = None
+        doc = _NO_JSON
+        if any(isinstance(r.selector, JsonSelector) for r in self.rules) or (
+            textual and JSON_TYPE.match(_mimetype(self.message))
+        ):
+            doc = _json_doc(self.message)
+        holder = [doc]
+        if structured:
+            work = _Work(self.route.name, self.counts)
+            finishers = [self._structured(rule, work, holder) for rule in structured]
+            person = await work.run(vault, subject)
+            for finish in finishers:
+                finish()
+        if textual:
+            work = _Work(self.route.name, self.counts)
+            finish_text = self._textual(textual, work, holder)
+            person = await work.run(vault, subject) or person
+            finish_text()
+        if holder[0] is not _NO_JSON and (self.counts.tokenized or self.counts.revealed or self.counts.redacted
+                                          or self.counts.dropped):
+            self.message.content = json.dumps(holder[0], ensure_ascii=False, separators=(",", ":")).encode()
+        return person
+
+    # -- structured selectors ----------------------------------------------------------------------------------
+
+    def _structured(self, rule: Rule, work: _Work, holder: list[Any]) -> Callable[[], None]:
+        selector = rule.selector
+        if isinstance(selector, JsonSelector):
+            return self._json(rule, selector, work, holder)
+        assert isinstance(selector, FieldSelector)
+        values: list[str | None] = list(_field_values(self.message, selector, self.request))
+        if not values:
+            return lambda: None
+        for i, value in enumerate(values):
+            self._act(rule, value, work, _list_sink(values, i), strict=True)
+        return lambda: _set_field_values(self.message, selector, values)
+
+    def _json(self, rule: Rule, selector: JsonSelector, work: _Work, holder: list[Any]) -> Callable[[], None]:
+        if holder[0] is _NO_JSON:
+            return lambda: None
+        if rule.action == "drop":
+            found = len(selector.expr.find(holder[0]))
+            if found:
+                holder[0] = selector.expr.filter(lambda _value: True, holder[0])
+                self.counts.dropped += found
+            return lambda: None
+        for match in selector.expr.find(holder[0]):
+            value = match.value
+            if value is None or isinstance(value, bool):
+                continue
+            if isinstance(value, dict | list):
+                raise ProtectionError(f"{rule.where}: the JSONPath matched an object or array; select its fields")
+            was_number = isinstance(value, int | float)
+
+            def sink(new: str, path: Any = match.full_path, was_number: bool = was_number) -> None:
+                holder[0] = path.update(holder[0], int(new) if was_number and new.isdigit() else new)
+
+            self._act(rule, str(value), work, sink, strict=True)
+        return lambda: None
+
+    def _act(self, rule: Rule, value: str, work: _Work, sink: Sink | Callable[[str | None], None],
+             strict: bool, kind: str | None = None) -> None:
+        if rule.action == "tokenize":
+            work.add_tokenize(value, rule, sink, kind)  # type: ignore[arg-type]
+        elif rule.action == "detokenize":
+            work.reveals.append(_Reveal(value, sink, rule, strict))  # type: ignore[arg-type]
+        elif rule.action == "redact":
+            sink(rule.placeholder)
+            self.counts.redacted += 1
+        else:
+            sink(None)  # type: ignore[arg-type]
+            self.counts.dropped += 1
+
+    # -- text-like selectors -------------------------------------------------------------------------------------
+
+    def _textual(self, rules: Sequence[Rule], work: _Work, holder: list[Any]) -> Callable[[], None]:
+        targets: list[_Text] = []
+        if holder[0] is not _NO_JSON:
+            _json_strings(holder, targets)
+        elif isinstance(self.message, http.Request) and _mimetype(self.message) == FORM_TYPE:
+            request = self.message
+            fields = list(request.urlencoded_form.items(multi=True))
+            field_targets = []
+            for i, (_key, value) in enumerate(fields):
+                def set_field(new: str, i: int = i) -> None:
+                    fields[i] = (fields[i][0], new)
+                field_targets.append(_Text(value, set_field))
+            targets.extend(field_targets)
+            # The form is encoded again once, after its fields are rewritten, and only if one of them was.
+            targets.append(_Text("", lambda _new: None, after=lambda: any(t.replacements for t in field_targets)
+                                 and setattr(request, "urlencoded_form", fields)))
+        elif not BINARY_TYPE.match(_mimetype(self.message)) and self.message.raw_content:
+            _content(self.message)
+            try:
+                text = self.message.get_text(strict=True) or ""
+            except ValueError:
+                raise ProtectionError("the body's charset cannot be decoded") from None
+            targets.append(_Text(text, lambda new: setattr(self.message, "text", new)))
+        for target in targets:
+            target.plan(rules, self, work)
+        return lambda: [t.finish() for t in targets]  # type: ignore[func-returns-value]
+
+
+class _Text:
+    """One string that text-like rules scan: spans found first (the earlier rule wins an overlap), replaced after
+    the vault has answered."""
+
+    def __init__(self, text: str, write: Callable[[str], None], after: Callable[[], object] | None = None) -> None:
+        self.text = text
+        self.write = write
+        self.after = after
+        self.spans: list[tuple[int, int]] = []
+        self.replacements: dict[int, str] = {}
+
+    def plan(self, rules: Sequence[Rule], rewriter: MessageRewriter, work: _Work) -> None:
+        if not self.text:
+            return
+        for rule in rules:
+            for start, end, kind in _spans(rule, self.text):
+                if any(start < e and s < end for s, e in self.spans):
+                    continue
+                index = len(self.spans)
+                self.spans.append((start, end))
+
+                def sink(new: str | None, index: int = index) -> None:
+                    self.replacements[index] = "" if new is None else new
+
+                rewriter._act(rule, self.text[start:end], work, sink,
+                              strict=not isinstance(rule.selector, AnyTokensSelector), kind=kind)
+
+    def finish(self) -> None:
+        if self.after is not None:
+            self.after()
+        if not self.replacements:
+            return
+        pieces, last = [], 0
+        for index, (start, end) in sorted(enumerate(self.spans), key=lambda item: item[1][0]):
+            if index in self.replacements:
+                pieces += [self.text[last:start], self.replacements[index]]
+                last = end
+        pieces.append(self.text[last:])
+        self.write("".join(pieces))
+
+
+def _spans(rule: Rule, text: str) -> list[tuple[int, int, str | None]]:
+    selector = rule.selector
+    if isinstance(selector, TextSelector):
+        out = []
+        for m in selector.pattern.finditer(text):
+            if m.re.groups and m.group(1) is not None:
+                out.append((m.start(1), m.end(1), None))
+            elif not m.re.groups and m.end() > m.start():
+                out.append((m.start(), m.end(), None))
+        return out
+    if isinstance(selector, DetectSelector):
+        return [(f.start, f.end, f.kind) for f in selector.detector.find(text)]
+    return [(m.start(), m.end(), None) for m in TOKEN_PATTERN.finditer(text)]
+
+
+def _json_strings(holder: list[Any], targets: list[_Text]) -> None:
+    """Every string value of the JSON document (not keys), each with a writer back into the document."""
+
+    def walk(container: Any) -> None:
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, value in list(items):
+            if isinstance(value, str):
+                def write(new: str, container: Any = container, key: Any = key) -> None:
+                    container[key] = new
+                targets.append(_Text(value, write))
+            elif isinstance(value, dict | list):
+                walk(value)
+
+    root = holder[0]
+    if isinstance(root, str):
+        targets.append(_Text(root, lambda new: holder.__setitem__(0, new)))
+    elif isinstance(root, dict | list):
+        walk(root)
+
+
+def _list_sink(values: list[str | None], index: int) -> Callable[[str | None], None]:
+    def sink(new: str | None) -> None:
+        values[index] = new
+    return sink

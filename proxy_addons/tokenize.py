@@ -1,0 +1,228 @@
+"""The Tokenbunker sidecar as a mitmproxy addon.
+
+    mitmdump -s proxy_addons/tokenize.py --set tokenbunker_config=config.yaml --mode reverse:http://127.0.0.1:8080
+
+Requests are tokenized before they go upstream and responses revealed before they go back, as the rules say. When
+a value cannot be protected the flow is answered here with a JSON error and nothing goes upstream (fail closed),
+unless the route says `on_error: pass`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+
+from proxy_addons import logfilter
+from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError, read_subject
+from proxy_addons.vaultclient import HttpVault, InProcessVault, VaultClient
+from rules.compiler import RulesError, load_rules
+from rules.model import BODY_SELECTORS, Route, Rule, RuleSet
+from vault.config import Config, ConfigError, load_config
+from vault.errors import Unavailable, VaultError
+
+log = logging.getLogger("tokenbunker.proxy")
+RELOAD_SECONDS = 1.0
+
+
+def _needs_body(rules: Sequence[Rule]) -> bool:
+    return any(isinstance(r.selector, BODY_SELECTORS) or (getattr(r.selector, "place", "") == "form") for r in rules)
+
+
+class Tokenbunker:
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.rules: RuleSet | None = None
+        self.client: VaultClient | None = None
+        self.problem: str | None = "not configured yet"  # while set, every flow is refused: fail closed
+        self.max_body = 0
+        self.counts: Counter[str] = Counter()
+        # The person a flow is about, for its response: ("token", uuid) once known. Memory only, never logged.
+        self._subjects: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, str]] = weakref.WeakKeyDictionary()
+        self._mtimes: dict[str, float] = {}
+        self._reloader: asyncio.Task[None] | None = None
+
+    # -- options ---------------------------------------------------------------------------------------------
+
+    def load(self, loader: object) -> None:
+        add = loader.add_option  # type: ignore[attr-defined]
+        add("tokenbunker_config", str, "", "Tokenbunker config file (default: $TOKENBUNKER_CONFIG or config.yaml).")
+        add("tokenbunker_rules", Sequence[str], [], "Rule files; default: proxy.rules from the config.")
+        add("tokenbunker_max_body", int, 0, "Largest body rewritten, in bytes; 0: proxy.max_body_bytes.")
+        add("tokenbunker_reload", bool, True, "Reload the rule files when they change.")
+        add("tokenbunker_client_ip", str, "drop", "Client addresses in the proxy's log: drop, hash or keep.",
+            choices=logfilter.CHOICES)
+
+    def configure(self, updated: set[str]) -> None:
+        if "tokenbunker_client_ip" in updated:
+            logfilter.install(logfilter.AddressFilter(ctx.options.tokenbunker_client_ip, os.urandom(32)))
+        if "flow_detail" in updated and getattr(ctx.options, "flow_detail", 0) > 0 and ctx.master.addons.get("dumper"):
+            # mitmdump's flow log prints client addresses and, at higher detail, bodies with revealed values.
+            log.warning("tokenbunker: flow_detail set to 0; mitmdump's flow log would show personal data")
+            ctx.options.flow_detail = 0
+        if not updated & {"tokenbunker_config", "tokenbunker_rules", "tokenbunker_max_body"}:
+            return
+        try:
+            config = load_config(ctx.options.tokenbunker_config or None)
+            files = list(ctx.options.tokenbunker_rules) or list(config.proxy.rules)
+            rules = load_rules(files)
+        except ConfigError as exc:
+            raise exceptions.OptionsError(f"tokenbunker_config: {exc}") from None
+        except RulesError as exc:
+            raise exceptions.OptionsError("tokenbunker rules:\n" + str(exc)) from None
+        if self.client is None or self.config is None or (config.proxy, config.vault) != (
+            self.config.proxy, self.config.vault
+        ):
+            self._close_client()
+            try:
+                self.client = self._open_client(config)
+            except VaultError as exc:
+                raise exceptions.OptionsError(f"tokenbunker vault: {exc.message}") from None
+        self.config, self.rules = config, rules
+        self.max_body = ctx.options.tokenbunker_max_body or config.proxy.max_body_bytes
+        self._remember_mtimes(files)
+        self.problem = None
+        log.info("tokenbunker: %d route(s) from %s", len(rules.routes), ", ".join(files))
+
+    def _open_client(self, config: Config) -> VaultClient:
+        if config.proxy.vault_url:
+            if not config.proxy.vault_token:
+                raise VaultError("proxy.vault_url is set but no token: set TOKENBUNKER_PROXY_VAULT_TOKEN")
+            return HttpVault(config.proxy.vault_url, config.proxy.vault_token)
+        from vault.server import open_vault
+
+        return InProcessVault(open_vault(config))
+
+    def _close_client(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    # -- rule reload -----------------------------------------------------------------------------------------
+
+    def running(self) -> None:
+        if ctx.options.tokenbunker_reload and self._reloader is None:
+            self._reloader = asyncio.get_running_loop().create_task(self._watch())
+
+    def _remember_mtimes(self, files: Sequence[str]) -> None:
+        self._mtimes = {f: _mtime(f) for f in files}
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_SECONDS)
+            current = {f: _mtime(f) for f in self._mtimes}
+            if current == self._mtimes:
+                continue
+            self._mtimes = current
+            try:
+                self.rules = await asyncio.to_thread(load_rules, list(current))
+                log.info("tokenbunker: rules reloaded: %d route(s)", len(self.rules.routes))
+            except RulesError as exc:
+                log.warning("tokenbunker: new rules refused, the previous ones stay in force:\n%s", exc)
+
+    def done(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+        self._close_client()
+
+    # -- flows -----------------------------------------------------------------------------------------------
+
+    def _route(self, flow: http.HTTPFlow) -> Route | None:
+        assert self.rules is not None
+        return self.rules.route_for(flow.request.pretty_host, flow.request.path.split("?", 1)[0], flow.request.method)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.problem is None and (route := self._route(flow)) is not None and _needs_body(route.request):
+            flow.request.stream = False  # the whole body is needed before anything may go upstream
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if self.problem is None and (route := self._route(flow)) is not None and _needs_body(route.response):
+            flow.response.stream = False  # type: ignore[union-attr]
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return
+        if self.problem is not None:
+            self._refuse(flow, None, 503, f"tokenbunker is not ready: {self.problem}")
+            return
+        route = self._route(flow)
+        if route is None or not (route.request or route.subject):
+            return
+        await self._protect(flow, route, flow.request, route.request, read=True)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None or flow.metadata.get("tokenbunker", {}).get("refused"):
+            return
+        route = self._route(flow) if self.problem is None else None
+        if route is None or not route.response:
+            return
+        await self._protect(flow, route, flow.response, route.response, read=False)
+
+    async def _protect(self, flow: http.HTTPFlow, route: Route, message: http.Message, rules: Sequence[Rule],
+                       read: bool) -> None:
+        assert self.client is not None
+        meta = flow.metadata.setdefault("tokenbunker", {"route": route.name})
+        try:
+            if message.raw_content is not None and len(message.raw_content) > self.max_body and _needs_body(rules):
+                raise ProtectionError(f"the body is larger than the limit of {self.max_body} bytes", status=413)
+            if read:
+                subject = read_subject(flow.request, route.subject) if route.subject else None
+            else:
+                subject = self._subjects.get(flow)
+            rewriter = MessageRewriter(message, flow.request, route, rules)
+            person = await rewriter.apply(self.client, subject)
+            if read and (person or subject) and route.response:
+                self._subjects[flow] = ("token", person) if person else subject  # type: ignore[assignment]
+            meta["request" if read else "response"] = rewriter.counts.as_dict()
+            self.counts[f"{route.name}.ok"] += 1
+        except Blocked as exc:
+            self.counts[f"{route.name}.blocked"] += 1
+            self._refuse(flow, route, exc.status, exc.message)
+        except (ProtectionError, VaultError, Exception) as exc:
+            self._failed(flow, route, exc, "request" if read else "response")
+
+    def _failed(self, flow: http.HTTPFlow, route: Route, exc: BaseException, phase: str) -> None:
+        if isinstance(exc, ProtectionError):
+            reason, status = exc.message, exc.status
+        elif isinstance(exc, Unavailable):
+            reason, status = "the vault is unavailable", 503
+        elif isinstance(exc, VaultError):
+            reason, status = f"the vault refused: {exc.message}", 502
+        else:
+            # Not a message we wrote: its text might hold a value, so only its type is told.
+            reason, status = f"internal error ({type(exc).__name__})", 502
+        if route.on_error == "pass":
+            self.counts[f"{route.name}.passed"] += 1
+            log.warning("tokenbunker: route '%s': %s not protected (%s); passed on as on_error says",
+                        route.name, phase, reason)
+            return
+        self.counts[f"{route.name}.refused"] += 1
+        self._refuse(flow, route, status, f"{phase} not protected: {reason}")
+
+    def _refuse(self, flow: http.HTTPFlow, route: Route | None, status: int, message: str) -> None:
+        name = route.name if route else None
+        text = f"route '{name}': {message}" if name and not message.startswith("route ") else message
+        log.warning("tokenbunker: %s", text)
+        flow.metadata.setdefault("tokenbunker", {"route": name})["refused"] = True
+        flow.response = http.Response.make(
+            status,
+            json.dumps({"status": "error", "message": f"tokenbunker: {text}", "route": name}),
+            {"Content-Type": "application/json", "Cache-Control": "no-store"},
+        )
+
+
+def _mtime(path: str) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+addons = [Tokenbunker()]

@@ -1,0 +1,170 @@
+"""How the sidecar reaches the vault without blocking mitmproxy's event loop.
+
+In-process: one writer thread does group commit (every flow waiting when it wakes goes into one transaction), and
+reads go to a small thread pool. Over HTTP: a `tokenbunker serve` called from a thread pool with keep-alive
+connections. Both answer the same two coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import queue
+import threading
+import urllib.parse
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
+
+from vault.core import FlowTokenize, FlowTokens, Vault
+from vault.errors import BadInput, Unavailable, VaultError
+from vault.tokens import TokenRequest
+
+GROUP_MAX = 256  # flows per group-commit transaction
+
+
+class VaultClient(Protocol):
+    async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens: ...
+
+    async def detokenize(
+        self, tokens: Sequence[str], reveal: str, purpose: str | None
+    ) -> tuple[list[str | None], list[str | None]]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessVault:
+    def __init__(self, vault: Vault, readers: int = 4) -> None:
+        self.vault = vault
+        self._jobs: queue.SimpleQueue[tuple[FlowTokenize, Future[FlowTokens]] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="tokenbunker-writer", daemon=True)
+        self._writer.start()
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tokenbunker-reader")
+
+    async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens:
+        future: Future[FlowTokens] = Future()
+        self._jobs.put((FlowTokenize(subject, items), future))
+        return await asyncio.wrap_future(future)
+
+    async def detokenize(
+        self, tokens: Sequence[str], reveal: str, purpose: str | None
+    ) -> tuple[list[str | None], list[str | None]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.vault.detokenize_explained, tokens, reveal, purpose)
+
+    def _write_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while len(batch) < GROUP_MAX:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._jobs.put(None)  # finish this batch, then stop
+                    break
+                batch.append(more)
+            try:
+                results = self.vault.tokenize_flows([flow for flow, _ in batch])
+            except BaseException as exc:  # the whole group failed (database down): every flow hears it
+                for _, future in batch:
+                    future.set_exception(exc if isinstance(exc, VaultError) else Unavailable("vault error"))
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if isinstance(result, VaultError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._writer.join(timeout=5)
+        self._readers.shutdown(wait=False, cancel_futures=True)
+
+
+class HttpVault:
+    """A `tokenbunker serve` at `url`, called with a token scoped to what the rules need."""
+
+    def __init__(self, url: str, token: str, threads: int = 8, timeout: float = 10.0) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise BadInput("proxy.vault_url must be an http:// or https:// URL")
+        self._scheme = parsed.scheme
+        self._host = parsed.hostname
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._base = parsed.path.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tokenbunker-http")
+
+    async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens:
+        body: dict[str, Any] = {"items": [_item(r) for r in items]}
+        if subject is not None:
+            body["subject"] = {"index": subject[0], "value": subject[1]}
+        answer = await self._call("/v1/tokenize", body)
+        return FlowTokens(answer.get("subject"), list(answer["tokens"]))
+
+    async def detokenize(
+        self, tokens: Sequence[str], reveal: str, purpose: str | None
+    ) -> tuple[list[str | None], list[str | None]]:
+        body: dict[str, Any] = {"tokens": list(tokens), "reveal": reveal, "explain": True}
+        if purpose is not None:
+            body["purpose"] = purpose
+        answer = await self._call("/v1/detokenize", body)
+        return list(answer["values"]), list(answer["reasons"])
+
+    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._post, path, json.dumps(body).encode())
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+        return conn
+
+    def _post(self, path: str, payload: bytes) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json", "X-Bunker-Token": self._token}
+        for attempt in (1, 2):  # a kept-alive connection the server closed meanwhile gets one fresh retry
+            conn = self._connection()
+            try:
+                conn.request("POST", self._base + path, payload, headers)
+                response = conn.getresponse()
+                raw = response.read()
+                status = response.status
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise Unavailable("the vault cannot be reached") from None
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise Unavailable(f"the vault answered {status} without JSON") from None
+        if status != 200:
+            error = VaultError(str(answer.get("message", "vault error"))[:200])
+            error.status = status
+            raise error
+        return answer  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _item(req: TokenRequest) -> dict[str, Any]:
+    item: dict[str, Any] = {"value": req.value, "kind": req.kind, "format": req.format}
+    if req.deterministic:
+        item["deterministic"] = True
+    if req.ttl:
+        item["ttl"] = f"{req.ttl}s"
+    if req.route:
+        item["route"] = req.route
+    return item
