@@ -172,6 +172,42 @@ def cmd_root_token_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from proxy_addons.runner import parse, run
+
+    config_path, rest = parse(args.rest)
+    if config_path is None:
+        config_path = args.config
+    _config(argparse.Namespace(config=config_path))  # config mistakes are told here, as one line each
+    return run(rest, config_path)
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from rules.compiler import RulesError, load_rules
+
+    problems: list[str] = []
+    routes = logs = 0
+    for path in args.paths:
+        try:
+            ruleset = load_rules([path])
+        except RulesError as exc:
+            problems += exc.problems
+            continue
+        routes += len(ruleset.routes)
+        logs += len(ruleset.logs)
+    if len(args.paths) > 1 and not problems:
+        try:
+            load_rules(args.paths)  # route names must also be unique across the files
+        except RulesError as exc:
+            problems += exc.problems
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 1
+    print(f"{len(args.paths)} file(s) OK: {routes} route(s), {logs} log rule(s)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenbunker", description="Privacy sidecar and PII vault.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -198,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     rot_key.add_argument("--new-key-file", help="a file holding the new key (64 hex characters, mode 0600)")
     rot_key.set_defaults(func=cmd_keys_rotate)
 
+    proxy = sub.add_parser("proxy", add_help=False,
+                           help="run the sidecar (mitmproxy, lean); mitmproxy's options pass through")
+    proxy.add_argument("rest", nargs=argparse.REMAINDER)
+    proxy.set_defaults(func=cmd_proxy, config=None)
+
+    rules = sub.add_parser("rules", help="rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    check = rules_sub.add_parser("check", help="validate rule files: FILE:LINE: message per problem, exit 1")
+    check.add_argument("paths", nargs="+", metavar="PATH")
+    check.set_defaults(func=cmd_rules_check)
+
     mig = with_config(sub.add_parser("migrate", help="bring the database schema up to date"))
     mig.set_defaults(func=cmd_migrate)
 
@@ -209,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from rules.compiler import RulesError
     from vault.config import ConfigError
     from vault.errors import VaultError
 
@@ -216,12 +264,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     try:
         return int(args.func(args))
-    except (UserError, ConfigError) as exc:
+    except (UserError, ConfigError, RulesError) as exc:
         print(f"tokenbunker: error: {exc}", file=sys.stderr)
     except VaultError as exc:
         print(f"tokenbunker: error: {exc.message}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug of ours: say so in one line; the text could hold a value, so only the type
+        if os.environ.get("TOKENBUNKER_DEBUG"):
+            raise
+        print(f"tokenbunker: internal error ({type(exc).__name__}); set TOKENBUNKER_DEBUG=1 to see where",
+              file=sys.stderr)
     return 1
 
 

@@ -334,6 +334,9 @@ def _rule(node: Any, where: str, line: int, problems: _Problems, place: str) -> 
     allowed = ("json", "text", "detect") if place == "logs" else SELECTOR_KEYS
     selector = _selector(node, where, problems, allowed)
     action = node.get("action")
+    if "action" not in node:
+        problems.add(node.line, f"{where}.action: missing (expected one of {', '.join(ACTIONS)})")
+        return None
     if action not in ACTIONS:
         problems.add(node.line_of("action"), f"{where}.action: expected one of {', '.join(ACTIONS)}, "
                                              f"got {_show(action)}")
