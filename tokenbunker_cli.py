@@ -234,10 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     rot_key.add_argument("--new-key-file", help="a file holding the new key (64 hex characters, mode 0600)")
     rot_key.set_defaults(func=cmd_keys_rotate)
 
-    proxy = sub.add_parser("proxy", add_help=False,
-                           help="run the sidecar (mitmproxy, lean); mitmproxy's options pass through")
-    proxy.add_argument("rest", nargs=argparse.REMAINDER)
-    proxy.set_defaults(func=cmd_proxy, config=None)
+    sub.add_parser("proxy", add_help=False,
+                   help="run the sidecar (mitmproxy, lean): proxy [--config F] [mitmproxy options]")
 
     rules = sub.add_parser("rules", help="rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
@@ -260,8 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vault.config import ConfigError
     from vault.errors import VaultError
 
-    args = build_parser().parse_args(argv)
-    _setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["proxy"]:
+        # Everything after `proxy` belongs to mitmproxy (but --config); argparse's REMAINDER would choke on it.
+        args = argparse.Namespace(func=cmd_proxy, rest=argv[1:], config=None)
+    else:
+        args = build_parser().parse_args(argv)
+        _setup_logging()  # the proxy logs through mitmproxy's own terminal log instead
     try:
         return int(args.func(args))
     except (UserError, ConfigError, RulesError) as exc:
