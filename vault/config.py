@@ -111,6 +111,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "listen_port": Field("int", 8081, min=1, max=65535),
         "upstream": Field("str", None, optional=True, check=lambda v: "://" in v, expect=_URL),
         "max_body_bytes": Field("int", 10485760, min=1024),
+        "log_client_ip": Field("str", "drop", check=lambda v: v in ("drop", "hash", "keep"),
+                               expect="drop, hash or keep"),
+    },
+    "demo": {
+        # `tokenbunker up` starts a small legacy app here for the sidecar to stand in front of.
+        "enabled": Field("bool", True),
+        "listen": Field("str", "127.0.0.1:8080", check=_parses(parse_listen), expect=_LISTEN),
     },
     "scrub": {
         "rules": Field("list", None, optional=True),  # None: use proxy.rules
@@ -160,6 +167,13 @@ class ProxySettings:
     listen_port: int
     upstream: str | None
     max_body_bytes: int
+    log_client_ip: str
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    enabled: bool
+    listen: str
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,7 @@ class Config:
     vault: VaultSettings
     api: ApiSettings
     proxy: ProxySettings
+    demo: DemoSettings
     scrub: ScrubSettings
     notify: NotifySettings
     portal: PortalSettings
@@ -191,7 +206,7 @@ class Config:
 
 
 _SECTIONS: dict[str, type] = {
-    "vault": VaultSettings, "api": ApiSettings, "proxy": ProxySettings,
+    "vault": VaultSettings, "api": ApiSettings, "proxy": ProxySettings, "demo": DemoSettings,
     "scrub": ScrubSettings, "notify": NotifySettings, "portal": PortalSettings,
 }
 

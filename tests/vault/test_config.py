@@ -14,6 +14,7 @@ from vault.config import (
     ApiSettings,
     Config,
     ConfigError,
+    DemoSettings,
     NotifySettings,
     PortalSettings,
     ProxySettings,
@@ -40,7 +41,8 @@ DEFAULTS = Config(
     path="config.yaml",
     vault=VaultSettings("sqlite:///data/tokenbunker.db", None, "GB", True, 10000, 5),
     api=ApiSettings("127.0.0.1:3000", 4194304, 1000, 8),
-    proxy=ProxySettings(("rules/example.yaml",), None, None, "127.0.0.1", 8081, None, 10485760),
+    proxy=ProxySettings(("rules/example.yaml",), None, None, "127.0.0.1", 8081, None, 10485760, "drop"),
+    demo=DemoSettings(True, "127.0.0.1:8080"),
     scrub=ScrubSettings(None),
     notify=NotifySettings(None),
     portal=PortalSettings(True, "Tokenbunker privacy portal"),
@@ -97,7 +99,7 @@ def test_every_key_is_read() -> None:
     assert config.api == ApiSettings("[::1]:8443", 1048576, 100000, 256)
     assert (config.api.host, config.api.port) == ("::1", 8443)
     assert config.proxy == ProxySettings(("rules/a.yaml", "rules/b.yaml"), "http://vault:3000", None,
-                                         "0.0.0.0", 65535, "http://127.0.0.1:8080", 1024)
+                                         "0.0.0.0", 65535, "http://127.0.0.1:8080", 1024, "drop")
     assert config.scrub.rules == ()
     assert config.notify.outbox == "data/outbox"
     assert config.portal == PortalSettings(False, "Privacy")
@@ -116,7 +118,7 @@ BAD_FILES = [
      r"vault\.databse_url: unknown key \(known: database_url, master_key_file, default_country, "
      r"auto_migrate, data_key_cache, pool_size\)$"),
     ("api: {}\nvalt:\n  pool_size: 1\n", 2,
-     r"valt: unknown section \(known: vault, api, proxy, scrub, notify, portal\)$"),
+     r"valt: unknown section \(known: vault, api, proxy, demo, scrub, notify, portal\)$"),
     ("vault:\n  master_key: 00ff\n", 2, r"vault\.master_key: unknown key"),
     ("api:\n  root_token: x\n", 2, r"api\.root_token: unknown key"),
     ("vault:\n  [a, b]: 1\n", 2, r"vault: keys must be plain names$"),
@@ -216,7 +218,7 @@ def test_every_problem_is_reported_in_line_order() -> None:
         "config.yaml:4: vault.nope: unknown key (known: database_url, master_key_file, default_country, "
         "auto_migrate, data_key_cache, pool_size)",
         "config.yaml:6: api.threads: wrong type (expected an integer, got a string 'x')",
-        "config.yaml:7: zzz: unknown section (known: vault, api, proxy, scrub, notify, portal)",
+        "config.yaml:7: zzz: unknown section (known: vault, api, proxy, demo, scrub, notify, portal)",
         "env TOKENBUNKER_API_MAX_BATCH: expected an integer, got 'x'",
     ]
 
