@@ -82,7 +82,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace, config, dev: bool) -> int:  # type: ignore[no-untyped-def]
+def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
     from waitress import serve
 
     from vault.config import parse_listen
@@ -105,8 +105,6 @@ def _serve(args: argparse.Namespace, config, dev: bool) -> int:  # type: ignore[
         elif root.source == "stored":
             print("tokenbunker: root token: the one generated earlier (only its hash is kept); "
                   "`tokenbunker root-token rotate` makes a new one, or set TOKENBUNKER_ROOT_TOKEN", flush=True)
-        if dev:
-            print("tokenbunker: Ctrl-C stops", flush=True)
         _stop_on_sigterm()
         try:
             serve(app, listen=f"{shown_host}:{port}", threads=config.api.threads, ident="tokenbunker",
@@ -123,7 +121,7 @@ def _serve(args: argparse.Namespace, config, dev: bool) -> int:  # type: ignore[
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return _serve(args, _config(args), dev=False)
+    return _serve(args, _config(args))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -141,8 +139,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                   f"for production give {MASTER_KEY_ENV} instead", flush=True)
         os.environ["TOKENBUNKER_VAULT_MASTER_KEY_FILE"] = str(key_file)
         config = _config(args)
-    args.listen = None
-    return _serve(args, config, dev=True)
+    from vault.up import run_all
+
+    return run_all(config, args.config)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -1,0 +1,559 @@
+"""Built-in PII detectors over text: ipv4, ipv6, email, phone, card (the `detect:` selector of a rules file).
+
+Each detector is a cheap candidate regex (anchored where possible on a literal such as ".", ":", "@" or "+", so the
+regex engine skips most of the text) followed by a validity check in Python on the few candidates. `Detector` compiles
+a set of detectors once; it is immutable and safe to share between threads.
+
+Rules (each one has tests in tests/rules/test_detectors.py and cases in tests/rules/corpus/detectors.jsonl):
+
+ipv4
+  Four decimal octets 0-255 without leading zeros ("0" itself is fine, "01" is not: zero-padded forms are more often
+  dates, counters or versions than addresses). Boundaries: the character before must not be a letter, digit or ".";
+  the character after must not be a letter or digit, nor a "." followed by a digit. So "1.2.3.4.5" and "v1.2.3.4"
+  are not addresses, while "from 10.0.0.1." (end of sentence), "10.0.0.1:8080", "[10.0.0.1]" and "10.0.0.0/8" (the
+  finding is the address, "/8" stays) are. Product tokens are versions, not addresses: a dotted quad right after
+  "<word>/" where the word starts the text or follows whitespace, "(", ";", ",", '"' or "[" ("Chrome/124.0.0.0" in a
+  User-Agent) is not reported; URL paths ("//10.0.0.1", "/geo/8.8.8.8") still are.
+ipv6
+  Every textual form that `ipaddress.IPv6Address` accepts (full, "::"-compressed, IPv4-mapped and -embedded,
+  uppercase), with an optional zone ("fe80::1%eth0", included in the finding). Brackets and a port around it
+  ("[2001:db8::1]:443") stay outside the finding; an unbracketed "2001:db8::1:443" is itself a valid address and is
+  reported whole. A single trailing ":" is punctuation ("from 2001:db8::1: timeout"). Not reported, for precision:
+  bare "::"; forms without any decimal digit ("a::b", "dead::beef", C++/Rust paths); a "::" form with one written
+  group other than "::1" ("::2" in a Python slice, "1::"), and "X::" / "X::Y" unless X has four hex digits
+  ("fe80::1", "2001::" are reported, "ab::1" is not); eight groups of exactly two hex digits with no "::" (an EUI-64
+  or Fibre Channel WWN such as "50:06:01:60:3b:a0:1a:2f"); anything glued to a letter, digit, "_" or "." on the left
+  or to a letter, digit or "_" on the right. MAC addresses (six groups) and times ("12:34:56") are never valid.
+email
+  A dot-atom local part from [A-Za-z0-9_%+~'-] (a pragmatic subset of RFC 5322 atext: "=", "/", "&", "?", "*", "|",
+  quotes and braces are treated as delimiters, so "user=jo@example.com&" gives "jo@example.com"; a leading "'" is
+  dropped; a percent-encoded delimiter such as "%3A" or "%3C" ends the prefix) of at most 64 characters, "@", and a
+  domain of LDH labels with a final all-letter TLD of 2-63 letters (at most 253 characters). "foo@bar", "@handle"
+  and "a@b.c1" are not addresses; a trailing sentence "." is excluded. The password of URL userinfo
+  ("https://admin:pw@host.example") is not reported as an address. ASCII only.
+phone
+  International: "+", a country code that exists, and 8-15 digits grouped by single spaces, "-", "." or a
+  parenthesised group ("+1 (415) 555-2671", "+44 (0)20 7946 0958", "+4915112345678"); valid if phonenumbers says the
+  number is possible (IS_POSSIBLE, not "local only"). National, for `default_country` only: the country's trunk
+  prefix ("0" for GB/FR/DE..., "8" for RU) then digits, valid if `is_valid_number`, or if the number is possible and
+  written exactly in the library's national grouping (so "07700 900123", an Ofcom drama number, is found though
+  phonenumbers does not call it valid). NANP countries (US, CA...) also accept "(415) 555-2671", "415-555-2671",
+  "415.555.2671" with an optional leading "1". Countries without a trunk prefix (IT, ES...) get no national form.
+  A candidate that runs into more space-separated digit groups ("020 7946 0958 24 hours") loses up to three trailing
+  groups until it is valid. Never preceded by a letter, digit, "_", "+", ".", "/", "-", "@" or "#".
+card
+  13-19 digits, contiguous or grouped by one repeated single space or "-" as 4-4-4-4, 4-4-4-4-3, 4-6-5 or 4-6-4;
+  Luhn-valid; a known IIN range with a length it issues (Visa 4; Mastercard 51-55, 2221-2720; Amex 34, 37; Discover
+  6011, 644-649, 65; JCB 3528-3589; Diners 300-305, 3095, 36, 38-39; UnionPay 62; Maestro 50, 56-69); not part of a
+  longer digit run ("1,4111...", "4111... 12", "-4111..." and "+4111..." are not cards).
+
+When findings of different detectors overlap, the longer one wins, then the one earlier in DETECTORS.
+Offsets are indexes into the str (code points). Letters and digits in the rules above are ASCII.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import PhoneMetadata, PhoneNumberFormat, ValidationResult
+
+__all__ = ["DETECTORS", "KIND_OF", "Detector", "Finding"]
+
+DETECTORS: tuple[str, ...] = ("ipv4", "ipv6", "email", "phone", "card")
+KIND_OF: dict[str, str] = {"ipv4": "ip", "ipv6": "ip", "email": "email", "phone": "phone", "card": "card"}
+_ORDER = {name: i for i, name in enumerate(DETECTORS)}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detected value: text[start:end] is it, `kind` its PII kind, `detector` the detector that found it."""
+
+    start: int
+    end: int
+    kind: str
+    detector: str
+
+
+# A frozen dataclass __init__ goes through object.__setattr__ four times; the slot descriptors are twice as fast and
+# build an identical instance. Findings are created per log line, so this matters.
+_new = object.__new__
+_set_start, _set_end = Finding.start.__set__, Finding.end.__set__  # type: ignore[attr-defined]
+_set_kind, _set_detector = Finding.kind.__set__, Finding.detector.__set__  # type: ignore[attr-defined]
+
+
+def _finding(start: int, end: int, kind: str, detector: str) -> Finding:
+    f = _new(Finding)
+    _set_start(f, start)
+    _set_end(f, end)
+    _set_kind(f, kind)
+    _set_detector(f, detector)
+    return f
+
+
+_DIGITS = "0123456789"
+_HEX = "0123456789abcdefABCDEF"
+_ALPHA = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_WORD = _ALNUM | {"_"}
+_DIGIT_SET = frozenset(_DIGITS)
+_A = re.ASCII
+
+# ---------------------------------------------------------------------------------------------------------------- ipv4
+# Anchored on the first "." (a literal: the engine jumps from dot to dot); the first octet is found by looking back.
+_V4_CAND_SRC = r"\.(?<=[0-9]\.)[0-9]{1,3}+\.[0-9]{1,3}+\.[0-9]{1,3}+(?![0-9A-Za-z]|\.[0-9])"
+_V4_CAND = re.compile(_V4_CAND_SRC, _A)
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_V4_FULL = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?![0-9])", _A)
+_V4_BAD_BEFORE = _ALNUM | {"."}
+_TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+_BEFORE_PRODUCT = frozenset(" \t\r\n\f\v(;,\"[")
+
+
+def _is_product_version(text: str, slash: int) -> bool:
+    """Whether text[slash] == "/" ends a User-Agent style product token: "Chrome/" in "... Chrome/124.0.0.0"."""
+    lo = slash - 64 if slash > 64 else 0
+    pre = text[lo:slash]
+    rest = pre.rstrip(_TOKEN_CHARS)
+    token = pre[len(rest) :]
+    if not token or token[0] not in _ALPHA:
+        return False
+    if rest:
+        return rest[-1] in _BEFORE_PRODUCT
+    return lo == 0
+
+
+def _scan_ipv4(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for m in _V4_CAND.finditer(text):
+        s = m.start()
+        pre = text[s - 4 : s] if s >= 4 else text[:s]
+        n = len(pre) - len(pre.rstrip(_DIGITS))
+        if n > 3:
+            continue  # the first "octet" has 4+ digits: part of a longer number
+        j = s - n
+        if j:
+            c = text[j - 1]
+            if c in _V4_BAD_BEFORE:
+                continue
+            if c == "/" and _is_product_version(text, j - 1):
+                continue  # "Chrome/124.0.0.0"
+        if _V4_FULL.match(text, j) is None:
+            continue
+        out.append(_finding(j, m.end(), "ip", "ipv4"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------- ipv6
+# Anchored on the first ":" of the address, which must be followed by ":" (compressed) or by at least five more
+# "group:" (full form); times such as "13:55:36" fail here, inside the regex. The first group is found by looking back.
+_V6_ANCHOR = r":(?=:|(?:[0-9A-Fa-f]{1,4}+:){5}|(?:[0-9A-Fa-f]{1,4}+:)*+:)"
+_V6_CAND = re.compile(_V6_ANCHOR + r"[0-9A-Fa-f:]*+(?:\.[0-9]{1,3}+){0,3}+(?:%[0-9A-Za-z_.\-]+)?", _A)
+_V6_BAD_BEFORE = _WORD | {":", "."}
+
+
+@lru_cache(maxsize=16384)
+def _v6_ok(addr: str) -> bool:
+    """Whether `addr` (no zone) is an IPv6 address we report; cached: logs repeat their addresses."""
+    if addr == "::" or not any(c in _DIGIT_SET for c in addr):
+        return False
+    try:
+        ipaddress.IPv6Address(addr)
+    except ValueError:
+        return False
+    if "::" in addr:
+        if "." in addr:
+            return True  # "::ffff:192.0.2.1", "64:ff9b::192.0.2.1"
+        head, _, tail = addr.partition("::")
+        head_groups = head.split(":") if head else []
+        groups = len(head_groups) + (len(tail.split(":")) if tail else 0)
+        if not head_groups:
+            return groups >= 2 or tail == "1"  # "::1" yes, "::2" (a slice) no
+        if groups <= 2:
+            return len(head_groups[0]) == 4  # "fe80::1", "2001::" yes; "1::", "ab::1" no
+        return True
+    groups = addr.split(":")
+    return not (len(groups) == 8 and all(len(g) == 2 for g in groups))  # EUI-64 / WWN
+
+
+def _v6_end(text: str, j: int, e: int, after_colon: bool) -> int:
+    """The end of the address at text[j:e] (regex candidate, maybe with a zone), or -1."""
+    if j and not after_colon and text[j - 1] in _V6_BAD_BEFORE:
+        return -1
+    cand = text[j:e]
+    pct = cand.find("%")
+    if pct >= 0:
+        addr = cand[:pct]
+        zone = cand[pct + 1 :].rstrip(".-")
+        end = j + pct + 1 + len(zone) if zone else j + pct
+    else:
+        addr = cand
+        end = e
+        if addr[-1] == ":" and addr[-2:] != "::":
+            addr = addr[:-1]  # "from 2001:db8::1: timeout"
+            end -= 1
+    if end < len(text):
+        c = text[end]
+        if c in _WORD or (c == "." and text[end + 1 : end + 2] in _DIGIT_SET):
+            return -1
+    return end if _v6_ok(addr) else -1
+
+
+def _scan_ipv6(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for m in _V6_CAND.finditer(text):
+        s, e = m.span()
+        pre = text[s - 5 : s] if s >= 5 else text[:s]
+        n = len(pre) - len(pre.rstrip(_HEX))
+        end = _v6_end(text, s - n, e, False) if n < 5 else -1
+        if end >= 0:
+            out.append(_finding(s - n, end, "ip", "ipv6"))
+        elif e - s > 2 and text[s + 1] in _HEX:
+            # "host:2001:db8::1", "ip:fe80::1": the colon is a separator and the address starts after it.
+            end = _v6_end(text, s + 1, e, True)
+            if end >= 0:
+                out.append(_finding(s + 1, end, "ip", "ipv6"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------- email
+_LOCAL_CH = r"A-Za-z0-9_%+~'\-"
+_EMAIL_CAND_SRC = rf"@(?<=[{_LOCAL_CH}]@)(?=[A-Za-z0-9])"
+_EMAIL_CAND = re.compile(
+    _EMAIL_CAND_SRC
+    + r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}(?![A-Za-z0-9_\-]|\.[A-Za-z0-9])",
+    _A,
+)
+_EMAIL_LOCAL = re.compile(rf"[{_LOCAL_CH}]+(?:\.[{_LOCAL_CH}]+)*\Z", _A)
+_LOCAL_SET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_%+~'-.")
+_PCT_DELIM = re.compile(r"%(?:2[0278C]|3[A-E]|5B)", re.ASCII | re.IGNORECASE)  # space " ' ( , : ; < = > [
+_URL_USERINFO = re.compile(r"//[^\s/?#@:]*\Z")
+
+
+def _scan_email(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for m in _EMAIL_CAND.finditer(text):
+        s, e = m.span()
+        if e - s - 1 > 253:
+            continue
+        lo = s - 65 if s > 65 else 0
+        lm = _EMAIL_LOCAL.search(text, lo, s)
+        if lm is None:
+            continue
+        start = lm.start()
+        if start == lo and lo and text[lo - 1] in _LOCAL_SET:
+            continue  # local part longer than 64
+        local = text[start:s]
+        if "%" in local:
+            last = None
+            for last in _PCT_DELIM.finditer(local):
+                pass
+            if last is not None:
+                start += last.end()
+                local = text[start:s]
+        stripped = local.lstrip("'")
+        start += len(local) - len(stripped)
+        if not stripped or stripped[0] == "." or s - start > 64:
+            continue
+        if start and text[start - 1] == ":" and _URL_USERINFO.search(text, max(0, start - 257), start - 1):
+            continue  # "https://admin:secret@db.example.com": a password, not an address
+        out.append(_finding(start, e, "email", "email"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------- phone
+# Digits, single separators (" ", "-", ".") and parenthesised groups; always ends on a digit.
+_PHONE_BODY = r"(?:[0-9]|[ .\-]?\([0-9]{1,5}\)(?=[ .\-]?[0-9])|[ .\-](?=[0-9]|\([0-9]))*+"
+_PHONE_INTL_SRC = r"\+(?<![0-9A-Za-z_+]\+)[1-9](?=(?:[ .\-()]{0,2}[0-9]){7})"
+_PHONE_NOT_BEFORE = r"(?<![0-9A-Za-z_+./\-@#])"
+_NANP_SRC = (
+    _PHONE_NOT_BEFORE + r"(?:1[ .\-]?)?(?:\([2-9][0-9]{2}\)[ ]?|[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}"
+    r"(?![0-9A-Za-z_]|[.\-/:][0-9])"
+)
+_PHONE_INTL = re.compile(_PHONE_INTL_SRC + _PHONE_BODY, _A)
+_DIGIT_RUN = re.compile(r"[0-9]+")
+_NATIONAL = PhoneNumberFormat.NATIONAL
+_IS_POSSIBLE = ValidationResult.IS_POSSIBLE
+
+
+def _national_src(prefix: str) -> str:
+    p = re.escape(prefix)
+    return _PHONE_NOT_BEFORE + rf"(?:\({p}[0-9]{{0,4}}\)(?=[ .\-]?[0-9])|{p})(?=(?:[ .\-()]{{0,2}}[0-9]){{6}})"
+
+
+@lru_cache(maxsize=8192)
+def _phone_ok(cand: str, region: str | None) -> bool:
+    """`region` None: an international "+" form; else a national form for that region."""
+    groups = _DIGIT_RUN.findall(cand)
+    digits = sum(map(len, groups))
+    if not (8 if region is None else 7) <= digits <= 15 or len(groups) > 8:
+        return False
+    try:
+        number = phonenumbers.parse(cand, region)
+    except phonenumbers.NumberParseException:
+        return False
+    if region is None:
+        return (
+            phonenumbers.region_code_for_country_code(number.country_code) != "ZZ"
+            and phonenumbers.is_possible_number_with_reason(number) == _IS_POSSIBLE
+        )
+    if phonenumbers.is_valid_number(number):
+        return True
+    # Not a valid allocation, but possible and written exactly in the national grouping: "07700 900123".
+    if len(groups) < 2 or phonenumbers.is_possible_number_with_reason(number) != _IS_POSSIBLE:
+        return False
+    written = [len(g) for g in groups]
+    expected = [len(g) for g in _DIGIT_RUN.findall(phonenumbers.format_number(number, _NATIONAL))]
+    return written == expected
+
+
+class _PhoneScanner:
+    __slots__ = ("region", "national", "prefilter")
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        meta = PhoneMetadata.metadata_for_region(region)
+        prefix = meta.national_prefix if meta is not None else None
+        national: list[str] = []
+        pre = [r"\+[1-9]"]
+        if meta is not None and meta.country_code == 1:
+            national.append(_NANP_SRC)
+            pre.append(r"[2-9][0-9]{2}[ .\-)]")
+        elif prefix:
+            national.append(_national_src(prefix) + _PHONE_BODY)
+            pre.append(_national_src(prefix))
+        self.national = [re.compile(src, _A) for src in national]
+        self.prefilter = "|".join(pre)
+
+    def __call__(self, text: str) -> list[Finding]:
+        out: list[Finding] = []
+        for m in _PHONE_INTL.finditer(text):
+            end = _phone_end(text, m.start(), m.end(), None)
+            if end >= 0:
+                out.append(_finding(m.start(), end, "phone", "phone"))
+        if self.national:
+            for rx in self.national:
+                for m in rx.finditer(text):
+                    end = _phone_end(text, m.start(), m.end(), self.region)
+                    if end >= 0:
+                        out.append(_finding(m.start(), end, "phone", "phone"))
+            out = _resolve(out)
+        return out
+
+
+def _phone_end(text: str, s: int, e: int, region: str | None) -> int:
+    cand = text[s:e].rstrip(" .-(")
+    for _ in range(4):
+        end = s + len(cand)
+        c = text[end : end + 1]
+        if c and (c in _WORD or (c in ".,:/" and text[end + 1 : end + 2] in _DIGIT_SET)):
+            return -1
+        if _phone_ok(cand, region):
+            return end
+        k = cand.rfind(" ")  # "020 7946 0958 24 hours": drop a trailing space-separated group
+        if k <= 0 or not cand[k + 1 :].isdigit():
+            return -1
+        cand = cand[:k].rstrip(" .-(")
+    return -1
+
+
+# ---------------------------------------------------------------------------------------------------------------- card
+_CARD_CAND = re.compile(
+    r"""[2-6](?<![0-9A-Za-z_+.\-][2-6])(?<![0-9],[2-6])
+    (?:
+        [0-9]{12,18}+(?![0-9A-Za-z_]|[.,][0-9])
+      | (?<![0-9][ \-][2-6])[0-9]{3}
+        (?:([ \-])[0-9]{4}\1[0-9]{4}\1[0-9]{4}(?:\1[0-9]{3})?
+          |([ \-])[0-9]{6}\2[0-9]{4,5})
+        (?![0-9A-Za-z_]|[.,][0-9]|[ \-][0-9])
+    )""",
+    re.ASCII | re.VERBOSE,
+)
+_CARD_PREFILTER = r"[2-6][0-9]{3}[ \-]?[0-9]{4}"
+_R16_19 = frozenset(range(16, 20))
+_R14_19 = frozenset(range(14, 20))
+_R13_19 = frozenset(range(13, 20))
+# (prefix length, low, high, lengths issued)
+_IIN: tuple[tuple[int, int, int, frozenset[int]], ...] = (
+    (1, 4, 4, frozenset({13, 16, 19})),  # Visa
+    (2, 51, 55, frozenset({16})),  # Mastercard
+    (4, 2221, 2720, frozenset({16})),  # Mastercard 2-series
+    (2, 34, 34, frozenset({15})),  # Amex
+    (2, 37, 37, frozenset({15})),  # Amex
+    (4, 6011, 6011, _R16_19),  # Discover
+    (3, 644, 649, _R16_19),  # Discover
+    (2, 65, 65, _R16_19),  # Discover
+    (4, 3528, 3589, _R16_19),  # JCB
+    (3, 300, 305, _R14_19),  # Diners
+    (4, 3095, 3095, _R14_19),  # Diners
+    (2, 36, 36, _R14_19),  # Diners
+    (2, 38, 39, _R14_19),  # Diners
+    (2, 62, 62, _R16_19),  # UnionPay
+    (2, 50, 50, _R13_19),  # Maestro
+    (2, 56, 69, _R13_19),  # Maestro (loosely)
+)
+_LUHN_DOUBLE = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = sum(map(int, digits[-1::-2])) + sum(_LUHN_DOUBLE[int(c)] for c in digits[-2::-2])
+    return total % 10 == 0
+
+
+def _card_ok(digits: str) -> bool:
+    n = len(digits)
+    for plen, lo, hi, lengths in _IIN:
+        if n in lengths and lo <= int(digits[:plen]) <= hi:
+            return _luhn_ok(digits)
+    return False
+
+
+def _scan_card(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for m in _CARD_CAND.finditer(text):
+        digits = m.group()
+        if not digits.isdigit():
+            digits = digits.replace(" ", "").replace("-", "")
+        if _card_ok(digits):
+            out.append(_finding(m.start(), m.end(), "card", "card"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------ resolve
+def _resolve(found: list[Finding]) -> list[Finding]:
+    """Non-overlapping, sorted by start; of overlapping findings the longer wins, then the earlier detector."""
+    found.sort(key=lambda f: (f.start, f.end))
+    prev_end = -1
+    for f in found:
+        if f.start < prev_end:
+            break
+        prev_end = f.end
+    else:
+        return found
+    ranked = sorted(found, key=lambda f: (f.start - f.end, _ORDER[f.detector], f.start))
+    starts: list[int] = []
+    chosen: list[Finding] = []
+    for f in ranked:
+        i = bisect_right(starts, f.start)
+        if i and chosen[i - 1].end > f.start:
+            continue
+        if i < len(chosen) and chosen[i].start < f.end:
+            continue
+        starts.insert(i, f.start)
+        chosen.insert(i, f)
+    return chosen
+
+
+_PREFILTER_OF = {
+    "ipv4": _V4_CAND_SRC,
+    "ipv6": _V6_ANCHOR,
+    "email": _EMAIL_CAND_SRC,
+    "card": _CARD_PREFILTER,
+}
+
+
+class Detector:
+    """The detectors `names` (any of DETECTORS), compiled once. Immutable and thread-safe.
+
+    `default_country` (ISO 3166 alpha-2) is the country whose national phone forms are recognised.
+    """
+
+    __slots__ = ("_names", "_country", "_scanners", "_prefilter")
+
+    def __init__(self, names: Iterable[str], default_country: str = "GB") -> None:
+        if isinstance(names, str):
+            names = (names,)
+        wanted = set()
+        for name in names:
+            if name not in KIND_OF:
+                raise ValueError(f"unknown detector {name!r}: use one of {', '.join(DETECTORS)}")
+            wanted.add(name)
+        country = default_country.upper() if isinstance(default_country, str) else default_country
+        if country not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(
+                f"unknown default_country {default_country!r}: use an ISO 3166 alpha-2 code such as GB, US or FR"
+            )
+        ordered = tuple(d for d in DETECTORS if d in wanted)
+        scanners: list[Callable[[str], list[Finding]]] = []
+        prefilters: list[str] = []
+        for name in ordered:
+            if name == "phone":
+                phone = _PhoneScanner(country)
+                scanners.append(phone)
+                prefilters.append(phone.prefilter)
+            else:
+                scanners.append(_SCANNERS[name])
+                prefilters.append(_PREFILTER_OF[name])
+        prefilter = re.compile("|".join(prefilters) if prefilters else r"(?!)", _A)
+        object.__setattr__(self, "_names", ordered)
+        object.__setattr__(self, "_country", country)
+        object.__setattr__(self, "_scanners", tuple(scanners))
+        object.__setattr__(self, "_prefilter", prefilter)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Detector is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Detector is immutable")
+
+    def __repr__(self) -> str:
+        return f"Detector({list(self._names)!r}, default_country={self._country!r})"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The detectors in use, in DETECTORS order."""
+        return self._names
+
+    @property
+    def default_country(self) -> str:
+        return self._country
+
+    def has_candidate(self, text: str) -> bool:
+        """A cheap pre-filter (one regex search): False means find(text) is surely empty."""
+        return self._prefilter.search(text) is not None
+
+    def find(self, text: str) -> list[Finding]:
+        """Every finding, non-overlapping, sorted by start."""
+        scanners = self._scanners
+        if len(scanners) == 1:
+            return scanners[0](text)
+        if self._prefilter.search(text) is None:
+            return []
+        found: list[Finding] = []
+        lists = 0
+        for scan in scanners:
+            got = scan(text)
+            if got:
+                if not found:
+                    found = got
+                else:
+                    found += got
+                lists += 1
+        return _resolve(found) if lists > 1 else found
+
+    def sub(self, text: str, replace: Callable[[Finding, str], str]) -> str:
+        """`text` with every finding f replaced by replace(f, text[f.start:f.end])."""
+        findings = self.find(text)
+        if not findings:
+            return text
+        parts: list[str] = []
+        pos = 0
+        for f in findings:
+            parts.append(text[pos : f.start])
+            parts.append(replace(f, text[f.start : f.end]))
+            pos = f.end
+        parts.append(text[pos:])
+        return "".join(parts)
+
+
+_SCANNERS: dict[str, Callable[[str], list[Finding]]] = {
+    "ipv4": _scan_ipv4,
+    "ipv6": _scan_ipv6,
+    "email": _scan_email,
+    "card": _scan_card,
+}
