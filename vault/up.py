@@ -79,7 +79,7 @@ tokenbunker: up.
   vault API   http://{_url_host(api_host)}:{api_port}/v1/   (X-Bunker-Token: the root token above)
   sidecar     {sidecar}  ->  {upstream or "(forward proxy mode)"}
 Try it:
-  curl -s {sidecar}/api/users -H 'Content-Type: application/json' \\\\
+  curl -s {sidecar}/api/users -H 'Content-Type: application/json' \\
        -d '{{"email": "jane@example.com", "name": "Jane Doe", "phone": "07700 900123"}}'
   curl -s {upstream or "<your app>"}/api/users      # what the app behind the sidecar stored: tokens only
 Ctrl-C stops everything.""", flush=True)
