@@ -26,7 +26,8 @@ def _count(vault: Vault) -> int:
         ("jane@example.com", "opaque", r"^tbk_[a-z2-7]{26}$"),
         ("jane@example.com", "uuid", r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"),
         ("jane@example.com", "email", r"^tbk_[a-z2-7]{20}@token\.invalid$"),
-        ("07700 900123", "digits", r"^[1-9]\d{4} \d{6}$"),
+        ("07700 900123", "digits", r"^\d{5} \d{6}$"),
+        ("17700 900123", "digits", r"^[1-9]\d{4} \d{6}$"),
         ("4111 1111 1111 1111", "keep-last4", r"^\d{4} \d{4} \d{4} 1111$"),
     ],
 )
