@@ -251,7 +251,7 @@ def agreement_give(brief: str, mode: str, ident: str) -> Response:
         raise BadInput("the request body must be a JSON object")
     vault = _state().vault
     expiration = body.get("expiration")
-    expires_at = None if expiration in (None, "") else vault.now() + parse_expiry(expiration, vault.now())
+    expires_at = None if expiration in (None, "") else vault.now() + parse_expiry(expiration, vault.now(), "expiration")
     if body.get("status", "yes") not in ("yes", "no"):
         raise BadInput("'status' must be yes or no")
     method, reference = body.get("agreementmethod"), body.get("referencecode")

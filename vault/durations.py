@@ -9,21 +9,23 @@ from vault.errors import BadInput
 MAX_SECONDS = 100 * 366 * 86400
 
 
-def parse_expiry(value: object, now: int) -> int:
-    """Seconds from now until expiry."""
+def parse_expiry(value: object, now: int, name: str = "ttl") -> int:
+    """Seconds from now until expiry. `name` is how the caller's field is called, for the message."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)  # a form field: a bare number is a unix time there too
     if isinstance(value, bool):
-        raise BadInput("ttl must be a duration such as 30d, or a unix time")
+        raise BadInput(f"{name} must be a duration such as 30d, or a unix time")
     if isinstance(value, int | float):
         seconds = int(value) - now
         if seconds <= 0:
-            raise BadInput("ttl: that unix time is in the past")
+            raise BadInput(f"{name}: that unix time is in the past")
     elif isinstance(value, str):
         try:
             seconds = parse_duration(value)
         except ValueError as exc:
-            raise BadInput(f"ttl: {exc}") from None
+            raise BadInput(f"{name}: {exc}") from None
     else:
-        raise BadInput("ttl must be a duration such as 30d, or a unix time")
+        raise BadInput(f"{name} must be a duration such as 30d, or a unix time")
     if seconds > MAX_SECONDS:
-        raise BadInput("ttl: at most 100 years")
+        raise BadInput(f"{name}: at most 100 years")
     return seconds

@@ -57,7 +57,9 @@ def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check(spec: dict[str, Any], schema: dict[str, Any], value: Any, where: str = "$") -> None:
-    """A tiny JSON Schema checker: $ref, type, required, properties, enum and items only."""
+    """A tiny JSON Schema checker: $ref, type, required, properties, enum and items only. Stricter than JSON Schema,
+    an object may hold only the properties its schema lists unless it says additionalProperties, so that no new
+    field of an answer goes undocumented."""
     schema = _resolve(spec, schema)
     if "type" in schema:
         types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
@@ -71,6 +73,9 @@ def _check(spec: dict[str, Any], schema: dict[str, Any], value: Any, where: str 
     if isinstance(value, dict):
         missing = set(schema.get("required", ())) - set(value)
         assert not missing, f"{where}: missing {sorted(missing)}"
+        if "properties" in schema and schema.get("additionalProperties", False) is False:
+            extra = set(value) - set(schema["properties"])
+            assert not extra, f"{where}: undocumented {sorted(extra)}"
         for name, sub in schema.get("properties", {}).items():
             if name in value:
                 _check(spec, sub, value[name], f"{where}.{name}")
@@ -124,6 +129,11 @@ def test_the_checker_rejects_a_wrong_shape(spec: dict[str, Any]) -> None:
         _check(spec, error, {"status": "ok", "message": "x"})
     with pytest.raises(AssertionError):
         _check(spec, error, {"status": "error"})
+    with pytest.raises(AssertionError):
+        _check(spec, error, {"status": "error", "message": "x", "hint": "y"})
+    reasons = {"$ref": "#/components/schemas/DetokenizeResponse"}
+    with pytest.raises(AssertionError):
+        _check(spec, reasons, {"status": "ok", "values": [None], "reasons": ["because"]})
 
 
 def test_real_responses_match_the_documented_schemas(spec: dict[str, Any], client: FlaskClient) -> None:
@@ -148,3 +158,63 @@ def test_real_responses_match_the_documented_schemas(spec: dict[str, Any], clien
     bad = client.post("/v1/tokenize", json={"items": [{"value": "x", "colour": "red"}]}, headers=AUTH)
     assert bad.status_code == 400
     _check(spec, _response_schema(spec, "post", "/v1/tokenize", 400), bad.get_json())
+
+
+def test_subject_and_explain_answers_match_the_documented_schemas(spec: dict[str, Any], client: FlaskClient) -> None:
+    call = {"subject": {"index": "email", "value": " Jane@Example.com "}, "items": [{"value": "+44 7700 900123"}]}
+    tokenized = client.post("/v1/tokenize", json=call, headers=AUTH)
+    assert tokenized.status_code == 200 and isinstance(tokenized.get_json()["subject"], str)
+    _check(spec, _response_schema(spec, "post", "/v1/tokenize", 200), tokenized.get_json())
+    person = tokenized.get_json()["subject"]
+
+    tokens = [*tokenized.get_json()["tokens"], "tbk_unknown"]
+    explained = client.post("/v1/detokenize", json={"tokens": tokens, "explain": True}, headers=AUTH)
+    assert explained.status_code == 200 and explained.get_json()["reasons"] == [None, "unknown"]
+    _check(spec, _response_schema(spec, "post", "/v1/detokenize", 200), explained.get_json())
+    gated = client.post("/v1/detokenize", json={"tokens": tokens, "purpose": "sms", "explain": True}, headers=AUTH)
+    assert gated.status_code == 200 and gated.get_json()["reasons"] == ["consent", "unknown"]
+    _check(spec, _response_schema(spec, "post", "/v1/detokenize", 200), gated.get_json())
+
+    owned = {"subject": call["subject"], "items": [{"value": "x", "subject": person}]}
+    for path, body in [("/v1/tokenize", owned), ("/v1/tokenize", {"items": [], "colour": "red"}),
+                       ("/v1/detokenize", {"tokens": tokens, "purpose": "Not A Brief"}),
+                       ("/v1/detokenize", {"tokens": tokens, "colour": "red"})]:
+        bad = client.post(path, json=body, headers=AUTH)
+        assert bad.status_code == 400, body
+        _check(spec, _response_schema(spec, "post", path, 400), bad.get_json())
+
+
+def test_agreement_answers_match_the_documented_schemas(spec: dict[str, Any], client: FlaskClient) -> None:
+    path = "/v1/agreement/{brief}/{mode}/{ident}"
+    assert client.post("/v1/user", json={"email": "jane@example.com"}, headers=AUTH).status_code == 200
+    url = "/v1/agreement/sms/email/jane@example.com"
+
+    given = client.post(url, json={"agreementmethod": "web", "referencecode": "r-1", "expiration": "30d"},
+                        headers=AUTH)
+    assert given.status_code == 200
+    _check(spec, _response_schema(spec, "post", path, 200), given.get_json())
+    got = client.get(url, headers=AUTH)
+    assert got.status_code == 200 and got.get_json()["data"]["status"] == "yes"
+    _check(spec, _response_schema(spec, "get", path, 200), got.get_json())
+
+    by_form = client.post("/v1/agreement/news/email/jane@example.com", data={"expiration": "1d"}, headers=AUTH)
+    assert by_form.status_code == 200
+    _check(spec, _response_schema(spec, "post", path, 200), by_form.get_json())
+
+    withdrawn = client.delete(url, headers=AUTH)
+    assert withdrawn.status_code == 200
+    _check(spec, _response_schema(spec, "delete", path, 200), withdrawn.get_json())
+    got = client.get(url, headers=AUTH)
+    assert got.status_code == 200 and got.get_json()["data"]["status"] == "no"
+    _check(spec, _response_schema(spec, "get", path, 200), got.get_json())
+
+    for method, where, status in [("get", "/v1/agreement/other/email/jane@example.com", 404),
+                                  ("delete", "/v1/agreement/sms/email/nobody@example.com", 404),
+                                  ("post", "/v1/agreement/Not-A-Brief/email/jane@example.com", 400),
+                                  ("post", "/v1/agreement/sms/nick/jane", 400)]:
+        answer = client.open(where, method=method.upper(), headers=AUTH)
+        assert answer.status_code == status, where
+        _check(spec, _response_schema(spec, method, path, status), answer.get_json())
+    refused = client.get(url)
+    assert refused.status_code == 401
+    _check(spec, _response_schema(spec, "get", path, 401), refused.get_json())
