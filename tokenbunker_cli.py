@@ -207,6 +207,74 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Stop(Exception):
+    pass
+
+
+def cmd_scrub(args: argparse.Namespace) -> int:
+    from rules.compiler import load_rules
+    from rules.logstream import Stream, follow, scrub_fd
+    from rules.scrub import LogScrubber
+
+    config = _config(args)
+    files = list(config.scrub.rules if config.scrub.rules is not None else config.proxy.rules)
+    rules = load_rules(files).logs
+    if not rules:
+        raise UserError(f"no `logs:` rules in {', '.join(files)}: nothing to scrub with")
+    if args.follow and len(args.files) != 1:
+        raise UserError("--follow takes exactly one file")
+    tokenize, close = _log_tokenizer(config)
+    stream = Stream(LogScrubber(rules, tokenize, cache_size=args.cache), sys.stdout.buffer)
+    stopping = False
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if not args.follow:
+            raise _Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        if args.follow:
+            follow(args.files[0], stream, lambda: stopping, from_start=args.from_start)
+        elif not args.files or args.files == ["-"]:
+            scrub_fd(sys.stdin.fileno(), stream)
+        else:
+            for name in args.files:
+                try:
+                    fd = os.open(name, os.O_RDONLY)
+                except OSError as exc:
+                    raise UserError(f"{name}: {exc.strerror}") from None
+                try:
+                    scrub_fd(fd, stream)
+                finally:
+                    os.close(fd)
+    except _Stop:
+        stream.finish()
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        close()
+    return 0
+
+
+def _log_tokenizer(config):  # type: ignore[no-untyped-def]
+    """The vault as the scrubber needs it: a blocking batch tokenize, in-process or over HTTP."""
+    if config.proxy.vault_url:
+        from proxy_addons.vaultclient import HttpVault
+
+        if not config.proxy.vault_token:
+            raise UserError("proxy.vault_url is set but no token: set TOKENBUNKER_PROXY_VAULT_TOKEN")
+        remote = HttpVault(config.proxy.vault_url, config.proxy.vault_token, threads=1)
+        return remote.tokenize_sync, remote.close
+    from vault.server import open_vault
+
+    vault = open_vault(config)
+    return vault.tokenize, vault.close
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenbunker", description="Privacy sidecar and PII vault.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -235,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("proxy", add_help=False,
                    help="run the sidecar (mitmproxy, lean): proxy [--config F] [mitmproxy options]")
+
+    scrub = with_config(sub.add_parser("scrub", help="scrub log lines from files or stdin to stdout"))
+    scrub.add_argument("files", nargs="*", metavar="FILE", help="files to read (default: stdin)")
+    scrub.add_argument("--follow", "-F", action="store_true", help="follow one growing file, across rotations")
+    scrub.add_argument("--from-start", action="store_true", help="with --follow: begin at the start of the file")
+    scrub.add_argument("--cache", type=int, default=100_000, help="values kept in the token cache (default 100000)")
+    scrub.set_defaults(func=cmd_scrub)
 
     rules = sub.add_parser("rules", help="rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="ACTION")

@@ -59,7 +59,8 @@ def make_log(lines: int, seed: int = 7) -> list[str]:
         xff = f' "{rnd.choice(v4)}"' if r < 0.15 else ""
         n, h, p = rnd.randrange(1, 10**7), f"{rnd.getrandbits(32):08x}", rnd.randrange(1, 20)
         path = rnd.choice(PATHS).format(n=n, h=h, p=p)
-        when = f"{rnd.randrange(1, 29):02d}/{rnd.choice(MONTHS)}/2024:{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}"
+        day = f"{rnd.randrange(1, 29):02d}/{rnd.choice(MONTHS)}/2024"
+        when = f"{day}:{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}"
         out.append(
             f'{client} - - [{when} +0000] "{rnd.choice(METHODS)} {path} HTTP/1.1" {rnd.choice([200, 200, 304, 404])} '
             f'{rnd.randrange(0, 50000)} "{rnd.choice(REFERERS).format(n=n)}" "{rnd.choice(AGENTS)}"{xff}\n'

@@ -118,6 +118,11 @@ class HttpVault:
         answer = await self._call("/v1/detokenize", body)
         return list(answer["values"]), list(answer["reasons"])
 
+    def tokenize_sync(self, items: Sequence[TokenRequest]) -> list[str]:
+        """For callers without an event loop (the log scrubber)."""
+        answer = self._post("/v1/tokenize", json.dumps({"items": [_item(r) for r in items]}).encode())
+        return list(answer["tokens"])
+
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._post, path, json.dumps(body).encode())

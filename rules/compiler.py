@@ -33,8 +33,11 @@ from vault.config import parse_duration
 from vault.formats import FORMATS
 from vault.identity import INDEX_MODES
 
-ACTIONS = ("tokenize", "detokenize", "redact", "drop")
-SELECTOR_KEYS = ("json", "form", "query", "header", "cookie", "text", "detect", "any")
+ACTIONS = ("tokenize", "detokenize", "redact", "drop", "mask", "truncate")
+LOG_ONLY_ACTIONS = ("mask", "truncate")
+SELECTOR_KEYS = ("json", "form", "query", "header", "cookie", "text", "detect", "any", "field")
+ROUTE_SELECTORS = SELECTOR_KEYS[:-1]
+LOG_SELECTORS = ("json", "text", "detect", "field")
 OPTION_KEYS = ("action", "kind", "format", "deterministic", "ttl", "reveal", "require_consent",
                "on_consent_missing", "placeholder")
 TOP_KEYS = ("version", "defaults", "routes", "logs")
@@ -275,6 +278,14 @@ def _selector(node: LMap, where: str, problems: _Problems, allowed: tuple[str, .
         except Exception as exc:  # jsonpath_ng raises bare Exceptions (and JsonPathLexerError) on bad syntax
             problems.add(line, f"{where}.json: invalid JSONPath {_show(value)}: {str(exc).splitlines()[0][:120]}")
             return None
+    if key == "field":
+        from rules.scrub import COMBINED_FIELDS
+
+        if value not in COMBINED_FIELDS:
+            problems.add(line, f"{where}.field: expected a field of the combined log format "
+                               f"({', '.join(COMBINED_FIELDS)}), got {_show(value)}")
+            return None
+        return FieldSelector("field", value)
     if key in FIELD_PLACES:
         if not isinstance(value, str) or not value:
             problems.add(line, f"{where}.{key}: expected a field name, got {_show(value)}")
@@ -331,7 +342,7 @@ def _rule(node: Any, where: str, line: int, problems: _Problems, place: str) -> 
         return None
     before = len(problems.items)
     _unknown_keys(node, (*SELECTOR_KEYS, *OPTION_KEYS), f"{where}.", problems)
-    allowed = ("json", "text", "detect") if place == "logs" else SELECTOR_KEYS
+    allowed = LOG_SELECTORS if place == "logs" else ROUTE_SELECTORS
     selector = _selector(node, where, problems, allowed)
     action = node.get("action")
     if "action" not in node:
@@ -372,12 +383,14 @@ def _rule(node: Any, where: str, line: int, problems: _Problems, place: str) -> 
         only_with(key, ("tokenize",) if key != "kind" else ("tokenize", "detokenize"))
     only_with("reveal", ("detokenize",))
     only_with("require_consent", ("detokenize",))
-    only_with("placeholder", ("redact",))
+    only_with("placeholder", ("redact", "truncate"))
     if "on_consent_missing" in node and "require_consent" not in node:
         problems.add(node.line_of("on_consent_missing"), f"{where}.on_consent_missing: only used with "
                                                          "require_consent")
     if isinstance(selector, AnyTokensSelector) and action != "detokenize":
         problems.add(node.line_of("any"), f"{where}.any: 'any: tokens' only works with action detokenize")
+    if action in LOG_ONLY_ACTIONS and place != "logs":
+        problems.add(node.line_of("action"), f"{where}.action: {action} is for logs only")
     if action == "detokenize" and place == "logs":
         problems.add(node.line_of("action"), f"{where}.action: logs are never detokenized")
     if len(problems.items) > before or selector is None:

@@ -13,7 +13,7 @@ ipv4
   are not addresses, while "from 10.0.0.1." (end of sentence), "10.0.0.1:8080", "[10.0.0.1]" and "10.0.0.0/8" (the
   finding is the address, "/8" stays) are. Product tokens are versions, not addresses: a dotted quad right after
   "<word>/" where the word starts the text or follows whitespace, "(", ";", ",", '"' or "[" ("Chrome/124.0.0.0" in a
-  User-Agent) is not reported; URL paths ("//10.0.0.1", "/geo/8.8.8.8") still are.
+  User-Agent; anything right after "Chrome/" too) is not reported; URL paths ("//10.0.0.1", "/geo/8.8.8.8") are.
 ipv6
   Every textual form that `ipaddress.IPv6Address` accepts (full, "::"-compressed, IPv4-mapped and -embedded,
   uppercase), with an optional zone ("fe80::1%eth0", included in the finding). Brackets and a port around it
@@ -29,23 +29,27 @@ email
   quotes and braces are treated as delimiters, so "user=jo@example.com&" gives "jo@example.com"; a leading "'" is
   dropped; a percent-encoded delimiter such as "%3A" or "%3C" ends the prefix) of at most 64 characters, "@", and a
   domain of LDH labels with a final all-letter TLD of 2-63 letters (at most 253 characters). "foo@bar", "@handle"
-  and "a@b.c1" are not addresses; a trailing sentence "." is excluded. The password of URL userinfo
-  ("https://admin:pw@host.example") is not reported as an address. ASCII only.
+  and "a@b.c1" are not addresses, nor image names such as "logo@2x.png"; a trailing sentence "." is excluded. The
+  password of URL userinfo ("https://admin:pw@host.example") is not reported as an address, nor an address in the
+  reserved .invalid TLD (RFC 2606; Tokenbunker's own email-format tokens). ASCII only.
 phone
   International: "+", a country code that exists, and 8-15 digits grouped by single spaces, "-", "." or a
-  parenthesised group ("+1 (415) 555-2671", "+44 (0)20 7946 0958", "+4915112345678"); valid if phonenumbers says the
-  number is possible (IS_POSSIBLE, not "local only"). National, for `default_country` only: the country's trunk
-  prefix ("0" for GB/FR/DE..., "8" for RU) then digits, valid if `is_valid_number`, or if the number is possible and
-  written exactly in the library's national grouping (so "07700 900123", an Ofcom drama number, is found though
-  phonenumbers does not call it valid). NANP countries (US, CA...) also accept "(415) 555-2671", "415-555-2671",
-  "415.555.2671" with an optional leading "1". Countries without a trunk prefix (IT, ES...) get no national form.
+  parenthesised group ("+1 (415) 555-2671", "+44 (0)20 7946 0958", "(+44) 20 7946 0958", "+4915112345678");
+  valid if phonenumbers says the number is possible (IS_POSSIBLE, not "local only"). National, for
+  `default_country` only: the country's trunk prefix ("0" for GB/FR/DE..., "8" for RU) then digits, valid if
+  `is_valid_number`, or if the number is possible and written exactly in the library's national grouping (so
+  "07700 900123", an Ofcom drama number, is found though phonenumbers does not call it valid). NANP countries (US,
+  CA...) also accept "(415) 555-2671", "415-555-2671", "415.555.2671" with an optional leading "1". Countries
+  without a trunk prefix (IT, ES...) get no national form.
   A candidate that runs into more space-separated digit groups ("020 7946 0958 24 hours") loses up to three trailing
   groups until it is valid. Never preceded by a letter, digit, "_", "+", ".", "/", "-", "@" or "#".
 card
   13-19 digits, contiguous or grouped by one repeated single space or "-" as 4-4-4-4, 4-4-4-4-3, 4-6-5 or 4-6-4;
   Luhn-valid; a known IIN range with a length it issues (Visa 4; Mastercard 51-55, 2221-2720; Amex 34, 37; Discover
   6011, 644-649, 65; JCB 3528-3589; Diners 300-305, 3095, 36, 38-39; UnionPay 62; Maestro 50, 56-69); not part of a
-  longer digit run ("1,4111...", "4111... 12", "-4111..." and "+4111..." are not cards).
+  longer number: not glued to a letter, digit, "_", "+" or "-", nor to a decimal point ("1.4111...", "4111....5"); a
+  grouped number must not continue with another group ("4111 1111 1111 1111 12", "DE89 3704 0044 0532 0130 00").
+  Commas are CSV separators here ("jo,4111111111111111,12/25"): no thousands group has 13+ digits.
 
 When findings of different detectors overlap, the longer one wins, then the one earlier in DETECTORS.
 Offsets are indexes into the str (code points). Letters and digits in the rules above are ASCII.
@@ -105,12 +109,19 @@ _DIGIT_SET = frozenset(_DIGITS)
 _A = re.ASCII
 
 # ---------------------------------------------------------------------------------------------------------------- ipv4
-# Anchored on the first "." (a literal: the engine jumps from dot to dot); the first octet is found by looking back.
-_V4_CAND_SRC = r"\.(?<=[0-9]\.)[0-9]{1,3}+\.[0-9]{1,3}+\.[0-9]{1,3}+(?![0-9A-Za-z]|\.[0-9])"
-_V4_CAND = re.compile(_V4_CAND_SRC, _A)
+# Anchored on the first "." (a literal: the engine jumps from dot to dot). A cheap look-ahead rejects most dots, then
+# fixed-width look-behinds find and validate the first octet (captured: its group gives the start of the address).
+_V4_CAND_SRC = r"\.(?=[0-9]{1,3}+\.[0-9]{1,3}+\.[0-9]{1,3}+(?![0-9A-Za-z]|\.[0-9]))(?<=[0-9]\.)"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_V4_FULL = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?![0-9])", _A)
-_V4_BAD_BEFORE = _ALNUM | {"."}
+_V4_NB = r"(?<![0-9A-Za-z.])"
+_NOT_CHROME = r"(?<!Chrome/)"  # the most common product token, rejected in the regex; the others below
+_V4 = re.compile(
+    _V4_CAND_SRC
+    + rf"(?:(?<={_V4_NB}{_NOT_CHROME}(25[0-5]|2[0-4][0-9]|1[0-9][0-9])\.)|(?<={_V4_NB}{_NOT_CHROME}([1-9][0-9])\.)"
+    + rf"|(?<={_V4_NB}([0-9])\.))"
+    + rf"{_OCTET}\.{_OCTET}\.{_OCTET}(?![0-9A-Za-z]|\.[0-9])",
+    _A,
+)
 _TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 _BEFORE_PRODUCT = frozenset(" \t\r\n\f\v(;,\"[")
 
@@ -130,22 +141,11 @@ def _is_product_version(text: str, slash: int) -> bool:
 
 def _scan_ipv4(text: str) -> list[Finding]:
     out: list[Finding] = []
-    for m in _V4_CAND.finditer(text):
-        s = m.start()
-        pre = text[s - 4 : s] if s >= 4 else text[:s]
-        n = len(pre) - len(pre.rstrip(_DIGITS))
-        if n > 3:
-            continue  # the first "octet" has 4+ digits: part of a longer number
-        j = s - n
-        if j:
-            c = text[j - 1]
-            if c in _V4_BAD_BEFORE:
-                continue
-            if c == "/" and _is_product_version(text, j - 1):
-                continue  # "Chrome/124.0.0.0"
-        if _V4_FULL.match(text, j) is None:
-            continue
-        out.append(_finding(j, m.end(), "ip", "ipv4"))
+    for m in _V4.finditer(text):
+        s = m.start(m.lastindex)  # type: ignore[arg-type]
+        if s and text[s - 1] == "/" and _is_product_version(text, s - 1):
+            continue  # "Chrome/124.0.0.0"
+        out.append(_finding(s, m.end(), "ip", "ipv4"))
     return out
 
 
@@ -154,7 +154,7 @@ def _scan_ipv4(text: str) -> list[Finding]:
 # "group:" (full form); times such as "13:55:36" fail here, inside the regex. The first group is found by looking back.
 _V6_ANCHOR = r":(?=:|(?:[0-9A-Fa-f]{1,4}+:){5}|(?:[0-9A-Fa-f]{1,4}+:)*+:)"
 _V6_CAND = re.compile(_V6_ANCHOR + r"[0-9A-Fa-f:]*+(?:\.[0-9]{1,3}+){0,3}+(?:%[0-9A-Za-z_.\-]+)?", _A)
-_V6_BAD_BEFORE = _WORD | {":", "."}
+_V6_BAD_BEFORE = _WORD | {":", ".", "%"}
 
 
 @lru_cache(maxsize=16384)
@@ -206,15 +206,17 @@ def _v6_end(text: str, j: int, e: int, after_colon: bool) -> int:
 
 def _scan_ipv6(text: str) -> list[Finding]:
     out: list[Finding] = []
+    floor = 0  # the first group never reaches back into the previous candidate ("::1%0000::")
     for m in _V6_CAND.finditer(text):
         s, e = m.span()
-        pre = text[s - 5 : s] if s >= 5 else text[:s]
+        pre = text[s - 5 if s - 5 > floor else floor : s]
         n = len(pre) - len(pre.rstrip(_HEX))
+        floor = e
         end = _v6_end(text, s - n, e, False) if n < 5 else -1
         if end >= 0:
             out.append(_finding(s - n, end, "ip", "ipv6"))
-        elif e - s > 2 and text[s + 1] in _HEX:
-            # "host:2001:db8::1", "ip:fe80::1": the colon is a separator and the address starts after it.
+        elif e - s > 2 and text[s + 1] in _HEX and (n == 5 or (s - n > 0 and text[s - n - 1] in _WORD)):
+            # "host:2001:db8::1", "id:fe80::1": the colon ends a word, and the address starts after it.
             end = _v6_end(text, s + 1, e, True)
             if end >= 0:
                 out.append(_finding(s + 1, end, "ip", "ipv6"))
@@ -233,15 +235,17 @@ _EMAIL_LOCAL = re.compile(rf"[{_LOCAL_CH}]+(?:\.[{_LOCAL_CH}]+)*\Z", _A)
 _LOCAL_SET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_%+~'-.")
 _PCT_DELIM = re.compile(r"%(?:2[0278C]|3[A-E]|5B)", re.ASCII | re.IGNORECASE)  # space " ' ( , : ; < = > [
 _URL_USERINFO = re.compile(r"//[^\s/?#@:]*\Z")
+_IMAGE_DENSITY = re.compile(r"@[1-9](?:\.[0-9])?x\.[A-Za-z]{2,5}\Z", _A)  # "logo@2x.png", "icon@1.5x.webp"
 
 
 def _scan_email(text: str) -> list[Finding]:
     out: list[Finding] = []
+    floor = 0  # a local part never reaches back into the previous address ("a@b.cc@d.ee")
     for m in _EMAIL_CAND.finditer(text):
         s, e = m.span()
-        if e - s - 1 > 253:
+        if e - s - 1 > 253 or _IMAGE_DENSITY.match(text, s, e):
             continue
-        lo = s - 65 if s > 65 else 0
+        lo = s - 65 if s - 65 > floor else floor
         lm = _EMAIL_LOCAL.search(text, lo, s)
         if lm is None:
             continue
@@ -250,11 +254,9 @@ def _scan_email(text: str) -> list[Finding]:
             continue  # local part longer than 64
         local = text[start:s]
         if "%" in local:
-            last = None
-            for last in _PCT_DELIM.finditer(local):
-                pass
-            if last is not None:
-                start += last.end()
+            cuts = [c.end() for c in _PCT_DELIM.finditer(local)]
+            if cuts:
+                start += cuts[-1]
                 local = text[start:s]
         stripped = local.lstrip("'")
         start += len(local) - len(stripped)
@@ -262,18 +264,28 @@ def _scan_email(text: str) -> list[Finding]:
             continue
         if start and text[start - 1] == ":" and _URL_USERINFO.search(text, max(0, start - 257), start - 1):
             continue  # "https://admin:secret@db.example.com": a password, not an address
+        if e - s > 8 and text[e - 8 : e].lower() == ".invalid":
+            continue  # RFC 2606 reserves .invalid: never a mailbox, and where Tokenbunker's email tokens live
         out.append(_finding(start, e, "email", "email"))
+        floor = e
     return out
 
 
 # --------------------------------------------------------------------------------------------------------------- phone
 # Digits, single separators (" ", "-", ".") and parenthesised groups; always ends on a digit.
 _PHONE_BODY = r"(?:[0-9]|[ .\-]?\([0-9]{1,5}\)(?=[ .\-]?[0-9])|[ .\-](?=[0-9]|\([0-9]))*+"
-_PHONE_INTL_SRC = r"\+(?<![0-9A-Za-z_+]\+)[1-9](?=(?:[ .\-()]{0,2}[0-9]){7})"
-_PHONE_NOT_BEFORE = r"(?<![0-9A-Za-z_+./\-@#])"
-_NANP_SRC = (
-    _PHONE_NOT_BEFORE + r"(?:1[ .\-]?)?(?:\([2-9][0-9]{2}\)[ ]?|[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4}"
-    r"(?![0-9A-Za-z_]|[.\-/:][0-9])"
+_PHONE_INTL_SRC = (
+    r"(?:\((?<![0-9A-Za-z_+]\()\+[1-9][0-9]{0,3}\)[ .\-]?(?=[0-9])"  # "(+44) 20 7946 0958"
+    r"|\+(?<![0-9A-Za-z_+]\+)[1-9](?=(?:[ .\-()]{0,2}[0-9]){7}))"
+)
+# Patterns start with one character (class) and check what precedes it in a look-behind: the engine then skips to
+# the characters that can start a number instead of trying every position.
+_NOT_BEFORE = r"[0-9A-Za-z_+./\-@#]"
+_NANP_SRC = (  # [1] (NXX) NXX-XXXX, [1-]NXX-NXX-XXXX, NXX.NXX.XXXX
+    rf"[(1-9](?<!{_NOT_BEFORE}[(1-9])"
+    r"(?:(?<=1)[ .\-]?(?:\([2-9][0-9]{2}\)[ ]?|[2-9][0-9]{2}[ .\-])"
+    r"|(?<=\()[2-9][0-9]{2}\)[ ]?|(?<=[2-9])[0-9]{2}[ .\-])"
+    r"[2-9][0-9]{2}[ .\-][0-9]{4}(?![0-9A-Za-z_]|[.\-/:][0-9])"
 )
 _PHONE_INTL = re.compile(_PHONE_INTL_SRC + _PHONE_BODY, _A)
 _DIGIT_RUN = re.compile(r"[0-9]+")
@@ -283,7 +295,10 @@ _IS_POSSIBLE = ValidationResult.IS_POSSIBLE
 
 def _national_src(prefix: str) -> str:
     p = re.escape(prefix)
-    return _PHONE_NOT_BEFORE + rf"(?:\({p}[0-9]{{0,4}}\)(?=[ .\-]?[0-9])|{p})(?=(?:[ .\-()]{{0,2}}[0-9]){{6}})"
+    return (
+        rf"(?:\((?<!{_NOT_BEFORE}\(){p}[0-9]{{0,4}}\)(?=[ .\-]?[0-9])|{p}(?<!{_NOT_BEFORE}{p}))"
+        r"(?=(?:[ .\-()]{0,2}[0-9]){6})"
+    )
 
 
 @lru_cache(maxsize=8192)
@@ -313,36 +328,43 @@ def _phone_ok(cand: str, region: str | None) -> bool:
 
 
 class _PhoneScanner:
+    """International forms, then the national forms of one region (separate regexes: each keeps a first-character
+    set the engine can skip with, which one alternation of both would lose)."""
+
     __slots__ = ("region", "national", "prefilter")
 
     def __init__(self, region: str) -> None:
         self.region = region
         meta = PhoneMetadata.metadata_for_region(region)
         prefix = meta.national_prefix if meta is not None else None
-        national: list[str] = []
         pre = [r"\+[1-9]"]
+        national = None
         if meta is not None and meta.country_code == 1:
-            national.append(_NANP_SRC)
+            national = re.compile(_NANP_SRC, _A)
             pre.append(r"[2-9][0-9]{2}[ .\-)]")
         elif prefix:
-            national.append(_national_src(prefix) + _PHONE_BODY)
+            national = re.compile(_national_src(prefix) + _PHONE_BODY, _A)
             pre.append(_national_src(prefix))
-        self.national = [re.compile(src, _A) for src in national]
+        self.national = national
         self.prefilter = "|".join(pre)
 
     def __call__(self, text: str) -> list[Finding]:
         out: list[Finding] = []
         for m in _PHONE_INTL.finditer(text):
-            end = _phone_end(text, m.start(), m.end(), None)
+            s, e = m.span()
+            end = _phone_end(text, s, e, None)
             if end >= 0:
-                out.append(_finding(m.start(), end, "phone", "phone"))
-        if self.national:
-            for rx in self.national:
-                for m in rx.finditer(text):
-                    end = _phone_end(text, m.start(), m.end(), self.region)
-                    if end >= 0:
-                        out.append(_finding(m.start(), end, "phone", "phone"))
-            out = _resolve(out)
+                out.append(_finding(s, end, "phone", "phone"))
+        if self.national is not None:
+            more = False
+            for m in self.national.finditer(text):
+                s, e = m.span()
+                end = _phone_end(text, s, e, self.region)
+                if end >= 0:
+                    out.append(_finding(s, end, "phone", "phone"))
+                    more = True
+            if more:
+                out = _resolve(out)  # "+44 020 7946 0958": the national part inside loses to the whole
         return out
 
 
@@ -364,13 +386,13 @@ def _phone_end(text: str, s: int, e: int, region: str | None) -> int:
 
 # ---------------------------------------------------------------------------------------------------------------- card
 _CARD_CAND = re.compile(
-    r"""[2-6](?<![0-9A-Za-z_+.\-][2-6])(?<![0-9],[2-6])
+    r"""[2-6](?<![0-9A-Za-z_+.\-][2-6])
     (?:
-        [0-9]{12,18}+(?![0-9A-Za-z_]|[.,][0-9])
+        [0-9]{12,18}+(?![0-9A-Za-z_]|\.[0-9])
       | (?<![0-9][ \-][2-6])[0-9]{3}
         (?:([ \-])[0-9]{4}\1[0-9]{4}\1[0-9]{4}(?:\1[0-9]{3})?
           |([ \-])[0-9]{6}\2[0-9]{4,5})
-        (?![0-9A-Za-z_]|[.,][0-9]|[ \-][0-9])
+        (?![0-9A-Za-z_]|\.[0-9]|[ \-][0-9])
     )""",
     re.ASCII | re.VERBOSE,
 )
@@ -463,7 +485,7 @@ class Detector:
     `default_country` (ISO 3166 alpha-2) is the country whose national phone forms are recognised.
     """
 
-    __slots__ = ("_names", "_country", "_scanners", "_prefilter")
+    __slots__ = ("_names", "_country", "_scanners", "_prefilter", "_prefilter_first")
 
     def __init__(self, names: Iterable[str], default_country: str = "GB") -> None:
         if isinstance(names, str):
@@ -494,6 +516,9 @@ class Detector:
         object.__setattr__(self, "_country", country)
         object.__setattr__(self, "_scanners", tuple(scanners))
         object.__setattr__(self, "_prefilter", prefilter)
+        # IP scanners are as cheap as the pre-filter, and log lines nearly always hold an address: for an IP-only set
+        # a pre-filter pass would cost more than it saves. Email, phone and card scans are dearer: filter first.
+        object.__setattr__(self, "_prefilter_first", len(ordered) > 1 and not set(ordered) <= {"ipv4", "ipv6"})
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Detector is immutable")
@@ -522,7 +547,7 @@ class Detector:
         scanners = self._scanners
         if len(scanners) == 1:
             return scanners[0](text)
-        if self._prefilter.search(text) is None:
+        if self._prefilter_first and self._prefilter.search(text) is None:
             return []
         found: list[Finding] = []
         lists = 0

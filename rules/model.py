@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Action = Literal["tokenize", "detokenize", "redact", "drop"]
+Action = Literal["tokenize", "detokenize", "redact", "drop", "mask", "truncate"]
 OnError = Literal["block", "pass"]
 FIELD_PLACES = ("form", "query", "header", "cookie")
 REDACTED = "[redacted]"
@@ -20,7 +20,7 @@ class JsonSelector:
 
 @dataclass(frozen=True, slots=True)
 class FieldSelector:
-    place: str  # form, query, header or cookie
+    place: str  # form, query, header or cookie; "field" for a named field of a log format
     name: str
 
 

@@ -1,0 +1,104 @@
+"""Streams for `tokenbunker scrub`: files or stdin to stdout, in order, flushed as soon as a read is scrubbed.
+
+Bytes are read as Latin-1, which maps every byte to one character and back, so a line that is not UTF-8 passes
+through unharmed (only the ASCII values the rules look for are changed). Memory stays bounded: a chunk at a time,
+and a line longer than the chunk limit is scrubbed in pieces rather than held whole.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import BinaryIO
+
+from rules.scrub import LogScrubber
+
+CHUNK = 1 << 20  # bytes per read
+MAX_CARRY = 4 << 20  # a partial line longer than this is scrubbed without waiting for its end
+
+
+class Stream:
+    def __init__(self, scrubber: LogScrubber, out: BinaryIO) -> None:
+        self.scrubber = scrubber
+        self.out = out
+        self.carry = b""
+
+    def feed(self, data: bytes) -> None:
+        """Scrub every whole line in carry + data; keep the unfinished last line for later."""
+        data = self.carry + data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) < MAX_CARRY:
+            self.carry = data
+            return
+        if cut == 0:
+            cut = len(data)
+        self.carry = data[cut:]
+        self._write(data[:cut])
+
+    def finish(self) -> None:
+        if self.carry:
+            self._write(self.carry)
+            self.carry = b""
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(self.scrubber.scrub(data.decode("latin-1")).encode("latin-1"))
+        self.out.flush()
+
+
+def scrub_fd(fd: int, stream: Stream) -> None:
+    """Read until end of file; a pipe's reads return what is there, so lines go out as they come in."""
+    while True:
+        data = os.read(fd, CHUNK)
+        if not data:
+            break
+        stream.feed(data)
+    stream.finish()
+
+
+def follow(path: str, stream: Stream, stopped: Callable[[], bool], poll: float = 0.2,
+           from_start: bool = False) -> None:
+    """`tail -F`: read a growing file, and when it is rotated (replaced or truncated) finish the old one and go on
+    with the new one from its start."""
+    handle = _open_wait(path, stopped)
+    if handle is None:
+        return
+    if not from_start:
+        handle.seek(0, os.SEEK_END)
+    try:
+        while not stopped():
+            data = handle.read(CHUNK)
+            if data:
+                stream.feed(data)
+                continue
+            rotated = _rotated(path, handle)
+            if rotated:
+                stream.finish()
+                handle.close()
+                handle = _open_wait(path, stopped)
+                if handle is None:
+                    return
+                continue
+            time.sleep(poll)
+    finally:
+        stream.finish()
+        if handle is not None:
+            handle.close()
+
+
+def _open_wait(path: str, stopped: Callable[[], bool]) -> BinaryIO | None:
+    while not stopped():
+        try:
+            return open(path, "rb")  # noqa: SIM115 (closed by follow)
+        except FileNotFoundError:
+            time.sleep(0.2)
+    return None
+
+
+def _rotated(path: str, handle: BinaryIO) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False  # between the move and the new file: keep reading the old one meanwhile
+    mine = os.fstat(handle.fileno())
+    return (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev) or now.st_size < handle.tell()
