@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 from hashlib import sha256
 
+from rules.detectors import Detector, Finding
+
 CHOICES = ("drop", "hash", "keep")
-_ADDRESS = re.compile(
-    r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"  # IPv4
-    r"|(?<![\w:])\[?(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?:%\w+)?\]?(?![\w:])"  # IPv6, loosely: better too much
-    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # email
-)
+_ADDRESSES = Detector(["ipv4", "ipv6", "email"])
 
 
 class AddressFilter(logging.Filter):
@@ -28,10 +25,10 @@ class AddressFilter(logging.Filter):
         self.mode = mode
         self.key = key
 
-    def _replace(self, match: re.Match[str]) -> str:
+    def _replace(self, _finding: Finding, value: str) -> str:
         if self.mode == "drop":
             return "[address]"
-        return "addr-" + hmac.digest(self.key, match.group(0).encode(), sha256).hex()[:12]
+        return "addr-" + hmac.digest(self.key, value.encode(), sha256).hex()[:12]
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.mode == "keep":
@@ -40,7 +37,7 @@ class AddressFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a record whose arguments do not format: say nothing rather than something
             message = record.msg if isinstance(record.msg, str) else ""
-        record.msg = _ADDRESS.sub(self._replace, message)
+        record.msg = _ADDRESSES.sub(message, self._replace)
         record.args = ()
         return True
 
