@@ -6,6 +6,7 @@ import functools
 import hmac
 import json
 import logging
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from vault.core import FlowTokenize, Vault
 from vault.durations import parse_expiry
-from vault.errors import BadInput, TooLarge, Unauthorized, VaultError
+from vault.errors import BadInput, TooLarge, Unauthorized, Unavailable, VaultError
 from vault.identity import INDEX_MODES
 from vault.tokens import TokenRequest
 
@@ -33,17 +34,20 @@ probes = Blueprint("probes", __name__)
 class ApiState:
     """What the API needs, kept in app.extensions (no module globals)."""
 
-    def __init__(self, vault: Vault, root_token_hash: bytes, max_batch: int) -> None:
+    def __init__(self, vault: Vault, root_token_hash: bytes, max_batch: int, scrubber: Any = None) -> None:
         self.vault = vault
         self.root_token_hash = root_token_hash
         self.max_batch = max_batch
+        self.scrubber = scrubber  # a rules.scrub.LogScrubber, or None when no log rules are configured
+        self.scrub_lock = threading.Lock()
 
 
-def create_app(vault: Vault, *, root_token_hash: bytes, max_body_bytes: int = 4 << 20, max_batch: int = 1000) -> Flask:
+def create_app(vault: Vault, *, root_token_hash: bytes, max_body_bytes: int = 4 << 20, max_batch: int = 1000,
+               scrubber: Any = None) -> Flask:
     app = Flask("tokenbunker")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXT] = ApiState(vault, root_token_hash, max_batch)
+    app.extensions[EXT] = ApiState(vault, root_token_hash, max_batch, scrubber)
     app.register_blueprint(v1)
     app.register_blueprint(probes)
     app.register_error_handler(VaultError, _vault_error)
@@ -275,6 +279,33 @@ def agreement_withdraw(brief: str, mode: str, ident: str) -> Response:
 @requires("consent")
 def agreement_get(brief: str, mode: str, ident: str) -> Response:
     return jsonify(status="ok", data=_state().vault.get_consent(brief, mode, ident).as_dict())
+
+
+@v1.post("/scrub")
+@requires("scrub")
+def scrub() -> Response:
+    """Log lines in, the same lines scrubbed out: text/plain or NDJSON as sent, or JSON {"lines": [...]}."""
+    state = _state()
+    if state.scrubber is None:
+        raise Unavailable("no log rules are configured (scrub.rules or proxy.rules with a logs: section)")
+    if request.mimetype == "application/json":
+        body = _object_body()
+        lines = body.get("lines")
+        if set(body) != {"lines"} or not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+            raise BadInput("the body must be {\"lines\": [\"...\", ...]}")
+        if len(lines) > state.max_batch * 10:
+            raise TooLarge(f"too many lines: {len(lines)} > {state.max_batch * 10} in one call")
+        if any("\n" in x for x in lines):
+            raise BadInput("a line holds a newline")
+        with state.scrub_lock:
+            out = state.scrubber.scrub("\n".join(lines)) if lines else ""
+        return jsonify(status="ok", lines=out.split("\n") if lines else [])
+    # Bytes in as Latin-1, as the command does: lines that are not UTF-8 come back byte for byte.
+    text = request.get_data(cache=False).decode("latin-1")
+    with state.scrub_lock:
+        out = state.scrubber.scrub(text)
+    mimetype = "application/x-ndjson" if request.mimetype == "application/x-ndjson" else "text/plain"
+    return Response(out.encode("latin-1"), mimetype=mimetype)
 
 
 @v1.get("/openapi.json")

@@ -164,7 +164,7 @@ class Vault:
                 wanted.append((i, None, None))
                 continue
             index, value = flow.subject
-            if isinstance(value, str) and TOKEN_PATTERN.fullmatch(value):
+            if index != "token" and isinstance(value, str) and TOKEN_PATTERN.fullmatch(value):
                 wanted.append((i, "token-of", value))  # the app sent back a token: its owner is the subject
                 continue
             try:

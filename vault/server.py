@@ -70,4 +70,17 @@ def build_app(config: Config, vault: Vault, root: RootToken) -> Flask:
         root_token_hash=root.hash,
         max_body_bytes=config.api.max_body_bytes,
         max_batch=config.api.max_batch,
+        scrubber=log_scrubber(config, vault),
     )
+
+
+def log_scrubber(config: Config, vault: Vault) -> object | None:
+    """The scrubber behind POST /v1/scrub: the `logs:` rules of scrub.rules (or proxy.rules). Files that are not
+    there mean no scrubbing here; files with mistakes stop the start, as any config mistake does."""
+    from rules.compiler import load_rules
+    from rules.scrub import LogScrubber
+
+    files = [f for f in (config.scrub.rules if config.scrub.rules is not None else config.proxy.rules)
+             if os.path.exists(f)]
+    rules = load_rules(files).logs if files else ()
+    return LogScrubber(rules, vault.tokenize) if rules else None
