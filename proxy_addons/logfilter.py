@@ -37,7 +37,8 @@ class AddressFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a record whose arguments do not format: say nothing rather than something
             message = record.msg if isinstance(record.msg, str) else ""
-        record.msg = _ADDRESSES.sub(message, self._replace)
+        # "[2001:db8::1]:443" becomes "[address]:443", not "[[address]]:443".
+        record.msg = _ADDRESSES.sub(message, self._replace).replace("[[address]]", "[address]")
         record.args = ()
         return True
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from proxy_addons import multipart
 from proxy_addons.vaultclient import VaultClient
 from rules.model import (
     AnyTokensSelector,
@@ -83,6 +84,7 @@ class _Work:
 
     route: str
     counts: Counts
+    produced: set[str]  # tokens this message already holds: later rules leave them alone
     tokenize: list[TokenRequest] = field(default_factory=list)
     tokenize_sinks: list[Sink] = field(default_factory=list)
     reveals: list[_Reveal] = field(default_factory=list)
@@ -103,6 +105,7 @@ class _Work:
             person = made.person
             for sink, token in zip(self.tokenize_sinks, made.tokens, strict=True):
                 sink(token)
+            self.produced.update(made.tokens)
             self.counts.tokenized += len(made.tokens)
         groups: dict[tuple[str, str | None], list[_Reveal]] = {}
         for reveal in self.reveals:
@@ -195,7 +198,14 @@ def _field_values(message: http.Message, selector: FieldSelector, request: http.
     if mimetype == FORM_TYPE:
         return list(message.urlencoded_form.get_all(name))
     if mimetype == MULTIPART_TYPE:
-        return [v.decode("utf-8", "replace") for v in message.multipart_form.get_all(name.encode())]
+        boundary = multipart.boundary_of(message.headers.get("content-type", ""))
+        content = _content(message)
+        if boundary is None or not content:
+            return []
+        try:
+            return multipart.values(content, boundary, name)
+        except ValueError:
+            raise ProtectionError("the multipart body is malformed") from None
     return []
 
 
@@ -217,22 +227,33 @@ def _set_field_values(message: http.Message, selector: FieldSelector, values: li
     elif _mimetype(message) == FORM_TYPE:
         message.urlencoded_form.set_all(name, kept)  # type: ignore[union-attr]
     else:
-        message.multipart_form.set_all(name.encode(), [v.encode() for v in kept])  # type: ignore[union-attr]
+        boundary = multipart.boundary_of(message.headers.get("content-type", ""))
+        assert boundary is not None  # values were read with it
+        message.content = multipart.replace_values(message.get_content() or b"", boundary, name, values)
 
 
 class MessageRewriter:
     """Rewrites one message (a request, or a response) by one route's rules for that direction."""
 
-    def __init__(self, message: http.Message, request: http.Request, route: Route, rules: Sequence[Rule]) -> None:
+    def __init__(self, message: http.Message, request: http.Request, route: Route, rules: Sequence[Rule],
+                 max_body: int | None = None) -> None:
         self.message = message
         self.request = request
         self.route = route
         self.rules = rules
+        self.max_body = max_body
         self.counts = Counts()
+        self.produced: set[str] = set()
 
     async def apply(self, vault: VaultClient, subject: tuple[str, str] | None) -> str | None:
         structured = [r for r in self.rules if not isinstance(r.selector, TEXT_SELECTORS)]
         textual = [r for r in self.rules if isinstance(r.selector, TEXT_SELECTORS)]
+        if self.max_body is not None and self.message.raw_content:
+            # Checked again once decoded: a small gzip body can inflate far past the limit.
+            decoded = _content(self.message)
+            if decoded is not None and len(decoded) > self.max_body:
+                raise ProtectionError(f"the body is larger than the limit of {self.max_body} bytes once decoded",
+                                      status=413)
         person = None
         doc = _NO_JSON
         if any(isinstance(r.selector, JsonSelector) for r in self.rules) or (
@@ -241,13 +262,13 @@ class MessageRewriter:
             doc = _json_doc(self.message)
         holder = [doc]
         if structured:
-            work = _Work(self.route.name, self.counts)
+            work = _Work(self.route.name, self.counts, self.produced)
             finishers = [self._structured(rule, work, holder) for rule in structured]
             person = await work.run(vault, subject)
             for finish in finishers:
                 finish()
         if textual:
-            work = _Work(self.route.name, self.counts)
+            work = _Work(self.route.name, self.counts, self.produced)
             finish_text = self._textual(textual, work, holder)
             person = await work.run(vault, subject) or person
             finish_text()
@@ -352,7 +373,7 @@ class _Text:
             return
         for rule in rules:
             for start, end, kind in _spans(rule, self.text):
-                if any(start < e and s < end for s, e in self.spans):
+                if any(start < e and s < end for s, e in self.spans) or self.text[start:end] in rewriter.produced:
                     continue
                 index = len(self.spans)
                 self.spans.append((start, end))

@@ -176,7 +176,8 @@ class Tokenbunker:
                 subject = read_subject(flow.request, route.subject) if route.subject else None
             else:
                 subject = self._subjects.get(flow)
-            rewriter = MessageRewriter(message, flow.request, route, rules)
+            rewriter = MessageRewriter(message, flow.request, route, rules,
+                                       self.max_body if _needs_body(rules) else None)
             person = await rewriter.apply(self.client, subject)
             if read and (person or subject) and route.response:
                 self._subjects[flow] = ("token", person) if person else subject  # type: ignore[assignment]

@@ -83,7 +83,8 @@ class InProcessVault:
     def close(self) -> None:
         self._jobs.put(None)
         self._writer.join(timeout=5)
-        self._readers.shutdown(wait=False, cancel_futures=True)
+        self._readers.shutdown(wait=True, cancel_futures=True)
+        self.vault.close()
 
 
 class HttpVault:
@@ -100,6 +101,8 @@ class HttpVault:
         self._token = token
         self._timeout = timeout
         self._local = threading.local()
+        self._open: set[http.client.HTTPConnection] = set()
+        self._open_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tokenbunker-http")
 
     async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens:
@@ -133,6 +136,8 @@ class HttpVault:
             cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
             conn = cls(self._host, self._port, timeout=self._timeout)
             self._local.conn = conn
+            with self._open_lock:
+                self._open.add(conn)
         return conn
 
     def _post(self, path: str, payload: bytes) -> dict[str, Any]:
@@ -148,6 +153,8 @@ class HttpVault:
             except (OSError, http.client.HTTPException):
                 conn.close()
                 self._local.conn = None
+                with self._open_lock:
+                    self._open.discard(conn)
                 if attempt == 2:
                     raise Unavailable("the vault cannot be reached") from None
         try:
@@ -161,7 +168,11 @@ class HttpVault:
         return answer  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._open_lock:
+            for conn in self._open:
+                conn.close()
+            self._open.clear()
 
 
 def _item(req: TokenRequest) -> dict[str, Any]:
