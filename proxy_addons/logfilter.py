@@ -25,7 +25,7 @@ class AddressFilter(logging.Filter):
         self.mode = mode
         self.key = key
 
-    def _replace(self, _finding: Finding, value: str) -> str:
+    def _replace(self, _finding: Finding | None, value: str) -> str:
         if self.mode == "drop":
             return "[address]"
         return "addr-" + hmac.digest(self.key, value.encode(), sha256).hex()[:12]
@@ -38,7 +38,15 @@ class AddressFilter(logging.Filter):
         except Exception:  # a record whose arguments do not format: say nothing rather than something
             message = record.msg if isinstance(record.msg, str) else ""
         # "[2001:db8::1]:443" becomes "[address]:443", not "[[address]]:443".
-        record.msg = _ADDRESSES.sub(message, self._replace).replace("[[address]]", "[address]")
+        message = _ADDRESSES.sub(message, self._replace).replace("[[address]]", "[address]")
+        client = getattr(record, "client", None)
+        if client:
+            # mitmproxy's formatter prints the client's (host, port) before the message: say which, not who.
+            host = client[0] if isinstance(client, tuple | list) and client else str(client)
+            who = "address" if self.mode == "drop" else self._replace(None, str(host))  # type: ignore[arg-type]
+            message = f"[{who}] {message}"
+            record.client = None
+        record.msg = message
         record.args = ()
         return True
 

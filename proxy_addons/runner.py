@@ -100,7 +100,8 @@ def run(argv: Sequence[str], config_path: str | None) -> int:
         defaults += ["--listen-port", str(config.proxy.listen_port)]
     if not given & {"--mode", "-m"} and config.proxy.upstream:
         defaults += ["--mode", f"reverse:{config.proxy.upstream}"]
-    defaults += ["--set", f"tokenbunker_config={config.path or ''}",
+    # "-": no config file, defaults and the environment only (there is no config.yaml here).
+    defaults += ["--set", f"tokenbunker_config={config.path or '-'}",
                  "--set", f"tokenbunker_client_ip={config.proxy.log_client_ip}"]
     if config_path:
         os.environ.setdefault("TOKENBUNKER_CONFIG", config_path)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from proxy_addons import logfilter
+from proxy_addons import bodylimit, logfilter
 from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError, read_subject
 from proxy_addons.vaultclient import HttpVault, InProcessVault, VaultClient
 from rules.compiler import RulesError, load_rules
@@ -70,26 +70,33 @@ class Tokenbunker:
         if not updated & {"tokenbunker_config", "tokenbunker_rules", "tokenbunker_max_body"}:
             return
         try:
-            config = load_config(ctx.options.tokenbunker_config or None)
-            files = list(ctx.options.tokenbunker_rules) or list(config.proxy.rules)
-            rules = load_rules(files)
-        except ConfigError as exc:
-            raise exceptions.OptionsError(f"tokenbunker_config: {exc}") from None
-        except RulesError as exc:
-            raise exceptions.OptionsError("tokenbunker rules:\n" + str(exc)) from None
-        if self.client is None or self.config is None or (config.proxy, config.vault) != (
-            self.config.proxy, self.config.vault
-        ):
-            self._close_client()
-            try:
+            config, files, rules = self._load()
+            if self.client is None or self.config is None or (config.proxy, config.vault) != (
+                self.config.proxy, self.config.vault
+            ):
+                self._close_client()
                 self.client = self._open_client(config)
-            except VaultError as exc:
-                raise exceptions.OptionsError(f"tokenbunker vault: {exc.message}") from None
+        except (ConfigError, RulesError, VaultError) as exc:
+            # Whatever was in force is no longer trusted: flows are refused until a configuration loads.
+            self.problem = "its configuration did not load"
+            message = exc.message if isinstance(exc, VaultError) else str(exc)
+            prefix = {ConfigError: "tokenbunker_config: ", RulesError: "tokenbunker rules:\n"}.get(
+                type(exc), "tokenbunker: ")
+            raise exceptions.OptionsError(prefix + message) from None
         self.config, self.rules = config, rules
         self.max_body = ctx.options.tokenbunker_max_body or config.proxy.max_body_bytes
         self._remember_mtimes(files)
         self.problem = None
         log.info("tokenbunker: %d route(s) from %s", len(rules.routes), ", ".join(files))
+
+    def _load(self) -> tuple[Config, list[str], RuleSet]:
+        path = ctx.options.tokenbunker_config
+        if not path and not os.environ.get("TOKENBUNKER_CONFIG"):
+            # An addon loaded without a config must not guess one (a revert after a failed configure lands here).
+            raise ConfigError("set tokenbunker_config (or TOKENBUNKER_CONFIG) to Tokenbunker's config file")
+        config = load_config(None if path in ("", "-") else path)
+        files = list(ctx.options.tokenbunker_rules) or list(config.proxy.rules)
+        return config, files, load_rules(files)
 
     def _open_client(self, config: Config) -> VaultClient:
         if config.proxy.vault_url:
@@ -170,14 +177,17 @@ class Tokenbunker:
         assert self.client is not None
         meta = flow.metadata.setdefault("tokenbunker", {"route": route.name})
         try:
-            if message.raw_content is not None and len(message.raw_content) > self.max_body and _needs_body(rules):
+            reads_body = _needs_body(rules) or (read and route.subject is not None)
+            if message.raw_content is not None and reads_body and (
+                len(message.raw_content) > self.max_body
+                or bodylimit.exceeds(message.raw_content, message.headers.get("content-encoding", ""), self.max_body)
+            ):
                 raise ProtectionError(f"the body is larger than the limit of {self.max_body} bytes", status=413)
             if read:
                 subject = read_subject(flow.request, route.subject) if route.subject else None
             else:
                 subject = self._subjects.get(flow)
-            rewriter = MessageRewriter(message, flow.request, route, rules,
-                                       self.max_body if _needs_body(rules) else None)
+            rewriter = MessageRewriter(message, flow.request, route, rules, self.max_body if reads_body else None)
             person = await rewriter.apply(self.client, subject)
             if read and (person or subject) and route.response:
                 self._subjects[flow] = ("token", person) if person else subject  # type: ignore[assignment]
