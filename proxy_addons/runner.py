@@ -93,20 +93,35 @@ def run(argv: Sequence[str], config_path: str | None) -> int:
     config = load_config(config_path)
     args = list(argv)
     given = {a.split("=", 1)[0] for a in args if a.startswith("-")}
-    defaults = ["--set", "termlog_verbosity=warn", "--set", "connection_strategy=lazy"]
+    given_sets = _set_keys(args)
+    defaults: list[str] = []
+    for key, value in (("termlog_verbosity", "warn"), ("connection_strategy", "lazy"),
+                       # "-": no config file, defaults and the environment only (there is no config.yaml here).
+                       ("tokenbunker_config", config.path or "-"),
+                       ("tokenbunker_client_ip", config.proxy.log_client_ip)):
+        if key not in given_sets:
+            defaults += ["--set", f"{key}={value}"]
     if not given & {"--listen-host"}:
         defaults += ["--listen-host", config.proxy.listen_host]
     if not given & {"--listen-port", "-p"}:
         defaults += ["--listen-port", str(config.proxy.listen_port)]
     if not given & {"--mode", "-m"} and config.proxy.upstream:
         defaults += ["--mode", f"reverse:{config.proxy.upstream}"]
-    # "-": no config file, defaults and the environment only (there is no config.yaml here).
-    defaults += ["--set", f"tokenbunker_config={config.path or '-'}",
-                 "--set", f"tokenbunker_client_ip={config.proxy.log_client_ip}"]
     if config_path:
         os.environ.setdefault("TOKENBUNKER_CONFIG", config_path)
     run_master(LeanMaster, cmdline.mitmdump, defaults + args)
     return 0
+
+
+def _set_keys(args: Sequence[str]) -> set[str]:
+    """The option names the user set with `--set K=V` or `--set=K=V`: their values win over our defaults."""
+    keys = set()
+    for i, arg in enumerate(args):
+        value = arg[len("--set="):] if arg.startswith("--set=") else (
+            args[i + 1] if arg == "--set" and i + 1 < len(args) else None)
+        if value:
+            keys.add(value.split("=", 1)[0])
+    return keys
 
 
 def parse(argv: Sequence[str]) -> tuple[str | None, list[str]]:
