@@ -122,6 +122,8 @@ class _Work:
                         self.counts.redacted += 1
                     else:
                         raise Blocked(f"route '{self.route}': consent '{purpose}' is not given")
+                elif reason == "scope" and item.strict:
+                    raise ProtectionError(f"{item.rule.where}: the sidecar's vault token may not reveal this kind")
                 elif item.strict:
                     raise ProtectionError(f"{item.rule.where}: the field holds no known token")
         return person

@@ -16,9 +16,10 @@ from urllib.parse import parse_qs
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from vault.apitokens import Grant
 from vault.core import FlowTokenize, Vault
 from vault.durations import parse_expiry
-from vault.errors import BadInput, TooLarge, Unauthorized, Unavailable, VaultError
+from vault.errors import BadInput, Forbidden, TooLarge, Unauthorized, Unavailable, VaultError
 from vault.identity import INDEX_MODES
 from vault.tokens import TokenRequest
 
@@ -86,19 +87,26 @@ def _unexpected_error(exc: Exception) -> tuple[Response, int]:
 
 
 def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Every /v1 endpoint names the scope it needs; the root token holds them all (scoped tokens come later)."""
+    """Every /v1 endpoint names the scope it needs: the root token holds them all, a scoped token only its own."""
 
     def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def checked(*args: Any, **kwargs: Any) -> Any:
             given = request.headers.get("X-Bunker-Token", "")
             state = _state()
-            if not given or not hmac.compare_digest(
-                state.vault.keyring.api_token_hash(given), state.root_token_hash
-            ):
+            if not given:
                 raise Unauthorized("missing or invalid X-Bunker-Token")
-            g.actor = "root"
-            g.scope = scope
+            digest = state.vault.keyring.api_token_hash(given)
+            if hmac.compare_digest(digest, state.root_token_hash):
+                grant = Grant.root()
+            else:
+                found = state.vault.grant_for(digest)
+                if found is None:
+                    raise Unauthorized("missing or invalid X-Bunker-Token")
+                grant = found
+            if not grant.allows(scope):
+                raise Forbidden(f"this token lacks the scope '{scope}'")
+            g.grant = grant
             return view(*args, **kwargs)
 
         return checked
@@ -202,7 +210,7 @@ def detokenize() -> Response:
     purpose = body.get("purpose")
     if purpose is not None and not isinstance(purpose, str):
         raise BadInput("'purpose' must be a string")
-    values, reasons = _state().vault.detokenize_explained(token_list, reveal, purpose)
+    values, reasons = _state().vault.detokenize_explained(token_list, reveal, purpose, g.grant.detokenize_kinds)
     if body.get("explain") is True:
         return jsonify(status="ok", values=values, reasons=reasons)
     return jsonify(status="ok", values=values)
@@ -279,6 +287,36 @@ def agreement_withdraw(brief: str, mode: str, ident: str) -> Response:
 @requires("consent")
 def agreement_get(brief: str, mode: str, ident: str) -> Response:
     return jsonify(status="ok", data=_state().vault.get_consent(brief, mode, ident).as_dict())
+
+
+@v1.post("/xtoken")
+@requires("root")
+def xtoken_create() -> Response:
+    """Ours: a scoped access token, shown once (only its keyed hash is kept)."""
+    body = _object_body()
+    unknown = set(body) - {"name", "scopes", "expiration"}
+    if unknown:
+        raise BadInput(f"unknown key '{sorted(unknown)[0][:40]}'")
+    vault = _state().vault
+    expiration = body.get("expiration")
+    expires_at = None if expiration in (None, "") else vault.now() + parse_expiry(expiration, vault.now(),
+                                                                                 "expiration")
+    token_id, token = vault.create_api_token(body.get("name"), body.get("scopes"), expires_at)  # type: ignore[arg-type]
+    return jsonify(status="ok", id=token_id, xtoken=token, expires=expires_at)
+
+
+@v1.get("/xtoken")
+@requires("root")
+def xtoken_list() -> Response:
+    rows = _state().vault.api_tokens()
+    return jsonify(status="ok", total=len(rows), rows=rows)
+
+
+@v1.delete("/xtoken/<token_id>")
+@requires("root")
+def xtoken_revoke(token_id: str) -> Response:
+    _state().vault.revoke_api_token(token_id)
+    return jsonify(status="ok", result="done")
 
 
 @v1.post("/scrub")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from vault import consents, people, tokens
+from vault import apitokens, consents, people, tokens
 from vault.datakeys import SHARED_KEY_ID, DataKeys
 from vault.db import WRITE_OPTION, make_engine
 from vault.errors import BadInput, Conflict, Unavailable, VaultError, WrongKey
@@ -29,6 +29,7 @@ from vault.tokens import TokenInfo, TokenRequest
 _T = TypeVar("_T")
 _VAULT_SECRET = "vault_secret"
 _RETRIES = 6
+GRANT_CACHE_SECONDS = 5.0
 
 
 class Vault:
@@ -47,6 +48,7 @@ class Vault:
         self.keys = DataKeys(keyring, data_key_cache)
         self._clock = clock
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._grants: dict[bytes, tuple[apitokens.Grant | None, float]] = {}
 
     @classmethod
     def open(
@@ -211,15 +213,16 @@ class Vault:
         return self.detokenize_explained(token_list, reveal, purpose)[0]
 
     def detokenize_explained(
-        self, token_list: Sequence[str], reveal: str = "plain", purpose: str | None = None
+        self, token_list: Sequence[str], reveal: str = "plain", purpose: str | None = None,
+        kinds: frozenset[str] | None = None,
     ) -> tuple[list[str | None], list[str | None]]:
-        """Values, and for each missing one why: "unknown" or "consent"."""
+        """Values, and for each missing one why: "unknown", "consent" or "scope" (not one of `kinds`)."""
         if purpose is not None:
             consents.check_brief(purpose)
         if not token_list:
             return [], []
         with self._read() as conn:
-            return tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), purpose)
+            return tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), purpose, kinds)
 
     def token_info(self, token: str) -> TokenInfo:
         with self._read() as conn:
@@ -267,6 +270,33 @@ class Vault:
 
         return self._run_write(work)
 
+
+    # -- scoped API tokens ------------------------------------------------------------------------------------
+
+    def create_api_token(self, name: str, scopes: object, expires_at: int | None = None) -> tuple[str, str]:
+        return self._run_write(lambda conn: apitokens.create(conn, self.keyring, name, scopes, expires_at,
+                                                             self.now()))
+
+    def revoke_api_token(self, token_id: str) -> None:
+        self._run_write(lambda conn: apitokens.revoke(conn, token_id, self.now()))
+        self._grants.clear()
+
+    def api_tokens(self) -> list[dict[str, object]]:
+        with self._read() as conn:
+            return apitokens.listing(conn)
+
+    def grant_for(self, token_hash: bytes) -> apitokens.Grant | None:
+        """The grant of a scoped token; remembered for a few seconds, so a revocation elsewhere takes that long."""
+        now = time.monotonic()
+        cached = self._grants.get(token_hash)
+        if cached is not None and now - cached[1] < GRANT_CACHE_SECONDS:
+            return cached[0]
+        with self._read() as conn:
+            grant = apitokens.find(conn, token_hash, self.now())
+        if len(self._grants) > 10_000:
+            self._grants.clear()
+        self._grants[token_hash] = (grant, now)
+        return grant
 
     # -- consents ---------------------------------------------------------------------------------------------
 

@@ -106,3 +106,19 @@ class Agreement(Base):
 
 
 agreements_table = cast(Table, Agreement.__table__)
+
+
+class ApiToken(Base):
+    """A scoped access token for the API (the sidecar's, an app's): only its keyed hash is kept."""
+
+    __tablename__ = "tb_api_tokens"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    scopes: Mapped[str] = mapped_column(Text)  # space-separated
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+api_tokens_table = cast(Table, ApiToken.__table__)

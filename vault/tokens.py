@@ -208,10 +208,12 @@ def detokenize(
     reveal: str,
     now: int,
     purpose: str | None = None,
+    kinds: frozenset[str] | None = None,
 ) -> tuple[list[str | None], list[str | None]]:
     """Values in the order asked, and why each missing one is missing: "unknown" (never made, expired, deleted or
-    forgotten) or "consent" (a purpose was named and the token's owner has not consented to it now; a token that
-    belongs to no one has no one to consent, so it is never revealed under a purpose)."""
+    forgotten), "consent" (a purpose was named and the token's owner has not consented to it now; a token that
+    belongs to no one has no one to consent, so it is never revealed under a purpose) or "scope" (the caller may
+    reveal only `kinds`, and this token is of another kind)."""
     if reveal not in REVEALS:
         raise BadInput("reveal must be plain or masked")
     rows = conn.execute(_DETOKENIZE, {"tokens": list(set(token_list))}).all()
@@ -219,20 +221,24 @@ def detokenize(
     allowed = consents.holders(conn, (row.owner_id for row in rows), purpose, now) if purpose is not None else None
     values: dict[str, str] = {}
     refused: set[str] = set()
+    out_of_scope: set[str] = set()
     for token, kind, sealed, key_id, expires_at, owner_id in rows:
         if expires_at is not None and expires_at <= now:
             continue
         aead = aeads.get(key_id)
         if aead is None:
             continue  # the owner's key was destroyed: this value is gone
+        if kinds is not None and kind not in kinds:
+            out_of_scope.add(token)
+            continue
         if allowed is not None and owner_id not in allowed:
             refused.add(token)
             continue
         plain = unseal(aead, sealed, _aad(token, kind)).decode()
         values[token] = mask(kind, plain) if reveal == "masked" else plain
     out = [values.get(t) for t in token_list]
-    reasons = [None if v is not None else ("consent" if t in refused else "unknown") for t, v in zip(token_list, out,
-                                                                                                   strict=True)]
+    reasons = [None if v is not None else "consent" if t in refused else "scope" if t in out_of_scope else "unknown"
+               for t, v in zip(token_list, out, strict=True)]
     return out, reasons
 
 
