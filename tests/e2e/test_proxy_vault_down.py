@@ -56,7 +56,13 @@ def test_remote_vault_then_fail_closed(tmp_path: Path, start_server: StartServer
     config = write_proxy_config(tmp_path / "proxy.yaml", "sqlite:////nonexistent/never-opened.db", [rules],
                                 vault_url=server.url)
     upstream = RecordingUpstream().start()
-    proxy = tokenbunker_proxy(config, cli_env(TOKENBUNKER_PROXY_VAULT_TOKEN=root), tmp_path, "proxy",
+    # The sidecar runs with a token scoped to what its rules need: tokenize, and reveal emails and names only.
+    scoped = server.call("POST", "/v1/xtoken", root, {"name": "sidecar", "scopes": ["tokenize",
+                                                                                     "detokenize:email,name"]})
+    assert scoped.status_code == 200, scoped.text
+    sidecar_token = scoped.json()["xtoken"]
+    assert server.call("POST", "/v1/user", sidecar_token, {"email": "x@example.com"}).status_code == 403
+    proxy = tokenbunker_proxy(config, cli_env(TOKENBUNKER_PROXY_VAULT_TOKEN=sidecar_token), tmp_path, "proxy",
                               f"reverse:{upstream.url}")
     try:
         proxy.start()
