@@ -137,6 +137,10 @@ class Tokenbunker:
     def done(self) -> None:
         if self._reloader is not None:
             self._reloader.cancel()
+        if self.counts:
+            # Route names and counts only: ok, refused (fail closed), passed (on_error: pass), blocked (consent).
+            summary = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+            log.warning("tokenbunker: flows by route: %s", summary)
         self._close_client()
 
     # -- flows -----------------------------------------------------------------------------------------------
