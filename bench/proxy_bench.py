@@ -338,6 +338,11 @@ class Result:
     def ms(self, q: float) -> float:
         return _q(self.lat_us, q) / 1000
 
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        return self.cpu_seconds["proxy"] * 1000 / len(self.lat_us) if "proxy" in self.cpu_seconds and self.lat_us \
+            else None
+
     def cpu(self, who: str) -> float | None:
         return self.cpu_seconds[who] / self.seconds if who in self.cpu_seconds and self.seconds else None
 
@@ -546,27 +551,35 @@ def report(results: list[Result]) -> None:
             r.ratios[base] = r.rps / ref.rps if ref and ref.rps else None
     print()
     head = (f"{'case':<25}|{'conc':>5} |{'req/s':>8} |{'p50 ms':>7} |{'p99 ms':>7} |{'ratio vs (b)':>13} |"
-            f"{'ratio vs (f)':>13} | rounds req/s    | proxy cpu | gen cpu | check")
+            f"{'ratio vs (f)':>13} | proxy cpu ms/req | proxy cpu | rounds req/s")
     print(head)
     print("-" * len(head))
     for r in results:
         rb, rf = (f"{x:.2f}" if x is not None else "-" for x in (r.ratios["b"], r.ratios["f"]))
+        per = r.cpu_ms_per_request
         rounds = " / ".join(f"{x:,.0f}" for x in r.rounds)
         print(f"{r.case.label:<25}|{r.conc:>5} |{r.rps:>8,.0f} |{r.ms(0.5):>7.2f} |{r.ms(0.99):>7.2f} |{rb:>13} |"
-              f"{rf:>13} | {rounds:<15} | {_pct(r.cpu('proxy')):>9} | {_pct(r.cpu('generator')):>7} | {r.check}")
+              f"{rf:>13} | {'-' if per is None else f'{per:.2f}':>16} | {_pct(r.cpu('proxy')):>9} | {rounds}")
+    bad = [r for r in results if r.problems]
+    print("\nchecks: " + ("every answer 200, PII never upstream in (c)/(d), every answer of (e) revealed: ok" if not bad
+                          else "; ".join(f"{r.case.label} conc {r.conc}: {r.check}" for r in bad)))
     direct = [r for r in results if r.case.key == "a"]
     if direct:
         best = max(direct, key=lambda r: r.rps)
         proxied = [r.rps for r in results if r.case.proxy]
-        print(f"\nload generator: {best.rps:,.0f} req/s against the upstream direct (conc {best.conc}, generator cpu "
+        print(f"load generator: {best.rps:,.0f} req/s against the upstream direct (conc {best.conc}, generator cpu "
               f"{_pct(best.cpu('generator'))}, upstream cpu {_pct(best.cpu('upstream'))})"
-              + (f" = {best.rps / max(proxied):.1f}x the fastest proxy case" if proxied else ""))
+              + (f" = {best.rps / max(proxied):.1f}x the fastest proxy case" if proxied else "")
+              + "; in the proxy cases the generator used "
+              + f"{max((r.cpu('generator') or 0) for r in results if r.case.proxy) * 100:.0f}% of a core at most"
+              if proxied else "")
     print()
     for key in CHECKED:
         for conc in sorted({r.conc for r in results}):
-            r = by.get((key, conc))
-            if r is None:
+            found = by.get((key, conc))
+            if found is None:
                 continue
+            r = found
             for base, target in (("b", TARGET_VS_B), ("f", TARGET_VS_F)):
                 ratio = r.ratios[base]
                 if ratio is not None:
@@ -577,6 +590,26 @@ def report(results: list[Result]) -> None:
                 added = r.ms(0.5) - f1.ms(0.5)
                 print(f"{r.case.label} conc 1: p50 added over (f) {added:+.2f} ms (target <= "
                       f"{TARGET_ADDED_P50_MS:.1f} ms): {'PASS' if added <= TARGET_ADDED_P50_MS else 'FAIL'}")
+    # Other work on the machine moves req/s and latency a lot; the proxy's CPU time per request much less.
+    lines = []
+    for key in CHECKED:
+        for conc in sorted({r.conc for r in results}):
+            case, f_case = by.get((key, conc)), by.get(("f", conc))
+            if case is None or case.cpu_ms_per_request is None:
+                continue
+            per = case.cpu_ms_per_request
+            parts = [f"{per:.2f} ms"]
+            for name in ("b", "f"):
+                ref = by.get((name, conc))
+                if ref is not None and ref.cpu_ms_per_request:
+                    parts.append(f"{ref.cpu_ms_per_request / per:.2f}x ({name})")
+            if f_case is not None and f_case.cpu_ms_per_request is not None:
+                parts.append(f"{per - f_case.cpu_ms_per_request:+.2f} ms over (f)")
+            lines.append(f"  {case.case.label} conc {conc}: " + ", ".join(parts))
+    if lines:
+        print("\nproxy CPU per request (robust to other load; the inverse ratio is the throughput ratio a CPU-bound "
+              "proxy would reach; informational):")
+        print("\n".join(lines))
 
 
 # -- profile --------------------------------------------------------------------------------------------------
@@ -752,9 +785,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a short run (~45 s): 1.5 s per case and concurrency, one round")
     parser.add_argument("--duration", type=float,
                         help="seconds measured per case and concurrency, over all rounds (default 8)")
-    parser.add_argument("--warmup", type=float, help="seconds of warm-up before each measurement (default 0.5)")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up before each measurement (default 0.3)")
     parser.add_argument("--rounds", type=int, help="rounds over all cases, each measuring duration/rounds, so "
-                        "that noise from the rest of the machine falls on every case alike (default 2, 1 with --quick)")
+                        "that noise from the rest of the machine falls on every case alike (default 4, 1 with --quick)")
     parser.add_argument("--conc", default="1,16", help="concurrency levels, comma-separated (default 1,16)")
     parser.add_argument("--cases", default="a,b,b2,f,c,d,e",
                         help="cases to run, comma-separated, from a,b,b2,f,c,d,e (default: all)")
@@ -771,16 +804,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--py-spy", dest="py_spy", help="path of a py-spy executable")
     args = parser.parse_args(argv)
     args.duration = args.duration or (1.5 if args.quick else 8.0)
-    args.warmup = args.warmup if args.warmup is not None else 0.5
-    args.rounds = max(1, args.rounds or (1 if args.quick else 2))
+    args.warmup = args.warmup if args.warmup is not None else 0.3
+    args.rounds = max(1, args.rounds or (1 if args.quick else 4))
     concs = [int(c) for c in args.conc.split(",") if c.strip()]
     wanted = [k.strip() for k in args.cases.split(",") if k.strip()]
     unknown = set(wanted) - {c.key for c in CASES}
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
-    for tool in ("mitmdump", "tokenbunker"):
-        if not (BIN / tool).exists():
-            parser.error(f"{BIN / tool} not found: run this with the project's venv python (.venv/bin/python)")
+    for script in ("mitmdump", "tokenbunker"):
+        if not (BIN / script).exists():
+            parser.error(f"{BIN / script} not found: run this with the project's venv python (.venv/bin/python)")
     started = time.perf_counter()
     print(f"tokenbunker proxy bench: {args.duration:g} s per case and concurrency in {args.rounds} round(s), each "
           f"after {args.warmup:g} s warm-up, "
@@ -801,8 +834,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             except Exception as exc:  # a measurement: report it and go on with the others
                                 print(f"bench: {case.label} failed: {type(exc).__name__}: {str(exc)[:1500]}",
                                       file=sys.stderr)
-                for key in list(bench.proxies):
-                    bench.stop(bench.proxies.pop(key)[0])
+                for proc, _port in list(bench.proxies.values()):
+                    bench.stop(proc)
+                bench.proxies.clear()
                 report(list(bench.results.values()))
             if args.profile or args.profile_only:
                 tool = None if args.cprofile else find_py_spy(args.py_spy)
