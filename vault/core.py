@@ -17,10 +17,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from vault import apitokens, consents, people, tokens
 from vault.datakeys import SHARED_KEY_ID, DataKeys
-from vault.db import WRITE_OPTION, make_engine
+from vault.db import READ_OPTION, WRITE_OPTION, make_engine
 from vault.errors import BadInput, Conflict, Unavailable, VaultError, WrongKey
 from vault.formats import TOKEN_PATTERN
-from vault.identity import IdentityError, normalize
+from vault.identity import INDEX_MODES, IdentityError, normalize
 from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
 from vault.migrate import migrate
 from vault.models import data_keys_table, meta_table
@@ -48,6 +48,7 @@ class Vault:
         self.keys = DataKeys(keyring, data_key_cache)
         self._clock = clock
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._reader = engine.execution_options(**{READ_OPTION: True})
         self._grants: dict[bytes, tuple[apitokens.Grant | None, float]] = {}
 
     @classmethod
@@ -89,7 +90,7 @@ class Vault:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with _db_errors(), self.engine.begin() as conn:
+        with _db_errors(), self._reader.begin() as conn:
             yield conn
 
     @contextmanager
@@ -176,7 +177,11 @@ class Vault:
 
         def work(conn: Connection) -> list[FlowTokens | VaultError]:
             now = self.now()
-            found: dict[tuple[str, str], str | None] = {}
+            by_index = {(index, value) for _i, index, value in wanted
+                        if index in INDEX_MODES and value is not None}
+            refs = people.resolve_many(conn, self.keyring, self.keys, by_index, now) if by_index else {}
+            found: dict[tuple[str, str], str | None] = {key: ref.id for key, ref in refs.items()}
+            owner_keys = {ref.id: ref.data_key_id for ref in refs.values()}
             reqs: list[TokenRequest] = []
             subjects: list[str | None] = []
             spans: list[tuple[int, str | None, int, int]] = []
@@ -184,20 +189,15 @@ class Vault:
                 person: str | None = None
                 if index is not None and value is not None:
                     if (index, value) not in found:
-                        if index == "token-of":
-                            found[(index, value)] = tokens.owner_of(conn, value)
-                        elif index == "token":
-                            found[(index, value)] = people.exists(conn, value)
-                        else:
-                            found[(index, value)] = people.find_or_create(
-                                conn, self.keyring, self.keys, index, value, self.default_country, now
-                            )
+                        # Rare: the subject was given as a token of theirs, or as their uuid.
+                        found[(index, value)] = (tokens.owner_of(conn, value) if index == "token-of"
+                                                 else people.exists(conn, value))
                     person = found[(index, value)]
                 start = len(reqs)
                 reqs.extend(flows[i].items)
                 subjects.extend([person] * len(flows[i].items))
                 spans.append((i, person, start, len(reqs)))
-            made = tokens.tokenize(conn, self.keyring, self.keys, reqs, now, subjects) if reqs else []
+            made = tokens.tokenize(conn, self.keyring, self.keys, reqs, now, subjects, owner_keys) if reqs else []
             out = list(results)
             for i, person, start, end in spans:
                 out[i] = FlowTokens(person, made[start:end])

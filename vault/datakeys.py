@@ -53,6 +53,18 @@ class DataKeys:
         self._remember(key_id, aead)
         return key_id, aead
 
+    def create_many(self, conn: Connection, count: int, now: int) -> list[tuple[str, AESGCM]]:
+        """`count` new data keys in one executemany (a group of flows that bring new people)."""
+        made = [(str(uuid.uuid4()), new_data_key()) for _ in range(count)]
+        conn.execute(insert(dk), [
+            {"id": key_id, "wrapped": wrap_data_key(self._keyring.wrap, key_id, raw), "created_at": now}
+            for key_id, raw in made
+        ])
+        out = [(key_id, AESGCM(raw)) for key_id, raw in made]
+        for key_id, aead in out:
+            self._remember(key_id, aead)
+        return out
+
     def ensure_shared(self, conn: Connection, now: int) -> None:
         if conn.execute(select(dk.c.id).where(dk.c.id == SHARED_KEY_ID)).first() is None:
             try:

@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 from vault.errors import BadInput
 
 WRITE_OPTION = "tokenbunker_write"
+READ_OPTION = "tokenbunker_read"
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
@@ -49,8 +50,14 @@ def _sqlite_engine(parsed: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Writers take the write lock up front (waiting on busy_timeout); readers stay concurrent.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
+        # Writers take the write lock up front (waiting on busy_timeout); readers stay concurrent. The vault's
+        # reads open no transaction at all: each SELECT is its own snapshot, and BEGIN/COMMIT around a single
+        # SELECT cost a third of a reveal.
+        options = conn.get_execution_options()
+        if options.get(WRITE_OPTION):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif not options.get(READ_OPTION):
+            conn.exec_driver_sql("BEGIN")
 
     return engine
 

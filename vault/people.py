@@ -79,16 +79,34 @@ def create(conn: Connection, keyring: KeyRing, keys: DataKeys, profile: Any, cou
     return person_id
 
 
-def find_or_create(
-    conn: Connection, keyring: KeyRing, keys: DataKeys, index: str, value: str, country: str, now: int
-) -> str:
-    """The person whose `index` is `value` (already normalised), made with just that field if there is none."""
-    row = conn.execute(
-        select(people.c.id).where(people.c[f"{index}_idx"] == keyring.lookup_hash(f"idx|{index}", value))
-    ).first()
-    if row is not None:
-        return str(row.id)
-    return create(conn, keyring, keys, {index: value}, country, now)
+def resolve_many(
+    conn: Connection, keyring: KeyRing, keys: DataKeys, wanted: set[tuple[str, str]], now: int
+) -> dict[tuple[str, str], PersonRef]:
+    """People by (index mode, normalised value), made with just that field when missing: one SELECT per index
+    mode and one insert per table, however many flows the group holds."""
+    out: dict[tuple[str, str], PersonRef] = {}
+    hashed = {(mode, value): keyring.lookup_hash(f"idx|{mode}", value) for mode, value in wanted}
+    for mode in {m for m, _ in wanted}:
+        column = people.c[f"{mode}_idx"]
+        by_hash = {h: key for key, h in hashed.items() if key[0] == mode}
+        rows = conn.execute(select(people.c.id, people.c.data_key_id, column).where(column.in_(list(by_hash))))
+        for row in rows:
+            out[by_hash[row[2]]] = PersonRef(row.id, row.data_key_id)
+    missing = [key for key in wanted if key not in out]
+    if missing:
+        new_keys = keys.create_many(conn, len(missing), now)
+        rows = []
+        for (mode, value), (key_id, aead) in zip(missing, new_keys, strict=True):
+            person_id = str(uuid.uuid4())
+            rows.append({
+                "id": person_id, "data_key_id": key_id, "profile": seal(aead, _encode({mode: value}), _aad(person_id)),
+                "created_at": now, "updated_at": now,
+                **{f"{m}_idx": (hashed[(mode, value)] if m == mode else None) for m in INDEX_MODES},
+            })
+            out[(mode, value)] = PersonRef(person_id, key_id)
+        # A race with another writer on the same index ends in an IntegrityError: the caller's retry finds theirs.
+        conn.execute(insert(people), rows)
+    return out
 
 
 def exists(conn: Connection, person_id: str) -> str | None:

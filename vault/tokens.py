@@ -94,11 +94,16 @@ def tokenize(
     reqs: Sequence[TokenRequest],
     now: int,
     subjects: Sequence[str | None] | None = None,
+    owner_keys: dict[str, str] | None = None,
 ) -> list[str]:
     """Tokens for `reqs`, in order. `subjects`, when given, names each request's owner in place of its own field
-    (the sidecar resolves people in the same transaction)."""
+    (the sidecar resolves people in the same transaction); `owner_keys` gives their data key ids when known."""
     owner_of = list(subjects) if subjects is not None else [r.subject for r in reqs]
-    owners = _owner_keys(conn, set(owner_of))
+    wanted_owners = {o for o in owner_of if o}
+    if owner_keys is not None and wanted_owners <= owner_keys.keys():
+        owners = {o: owner_keys[o] for o in wanted_owners}
+    else:
+        owners = _owner_keys(conn, wanted_owners)
     aeads = keys.get_many(conn, set(owners.values()) | {SHARED_KEY_ID})
 
     lookups = [keyring.lookup_hash(_lookup_scope(r), r.value) if r.deterministic else None for r in reqs]

@@ -166,7 +166,7 @@ def test_database_down_is_503_without_detail(vault: Vault, client: FlaskClient) 
     vault.engine.dispose()
     broken = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", hide_parameters=True)
     vault.engine = broken
-    vault._writer = broken  # the writer shares the engine's pool in real use
+    vault._writer = vault._reader = broken  # both share the engine's pool in real use
     answer = call(client, "POST", "/v1/tokenize", {"items": [{"value": "v"}]})
     assert answer.status_code == 503 and answer.json["message"].startswith("database unavailable")
     assert client.get("/ready").status_code == 503
