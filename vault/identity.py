@@ -162,7 +162,7 @@ def _mask_digits(value: str) -> str:
 
 def _mask_ip(value: str) -> str | None:
     try:
-        address = ipaddress.ip_address(value.strip())
+        address = ipaddress.ip_address(value.strip().split("%", 1)[0])  # a zone (%eth0) says nothing
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv4Address):
