@@ -46,6 +46,7 @@ class Tokenbunker:
         self.counts: Counter[str] = Counter()
         # The person a flow is about, for its response: ("token", uuid) once known. Memory only, never logged.
         self._subjects: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, str]] = weakref.WeakKeyDictionary()
+        self._routes: weakref.WeakKeyDictionary[http.HTTPFlow, Route | None] = weakref.WeakKeyDictionary()
         self._mtimes: dict[str, float] = {}
         self._reloader: asyncio.Task[None] | None = None
 
@@ -146,8 +147,16 @@ class Tokenbunker:
     # -- flows -----------------------------------------------------------------------------------------------
 
     def _route(self, flow: http.HTTPFlow) -> Route | None:
+        """The flow's route, chosen once (at its request headers) and kept for its response, even across a reload."""
+        if flow in self._routes:
+            return self._routes[flow]
         assert self.rules is not None
-        return self.rules.route_for(flow.request.pretty_host, flow.request.path.split("?", 1)[0], flow.request.method)
+        request = flow.request
+        # pretty_host parses the Host header: only worth it when some route matches on hosts.
+        host = request.pretty_host if self.rules.uses_hosts else ""
+        route = self.rules.route_for(host, request.path.split("?", 1)[0], request.method)
+        self._routes[flow] = route
+        return route
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.problem is None and (route := self._route(flow)) is not None and _needs_body(route.request):

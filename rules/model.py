@@ -99,6 +99,10 @@ class RuleSet:
     logs: tuple[Rule, ...] = ()
     files: tuple[str, ...] = ()
 
+    @property
+    def uses_hosts(self) -> bool:
+        return any(route.match.hosts for route in self.routes)
+
     def route_for(self, host: str, path: str, method: str) -> Route | None:
         """The first route, in file order, whose match accepts the request."""
         for route in self.routes:
