@@ -121,10 +121,10 @@ class HttpVault:
         answer = await self._call("/v1/detokenize", body)
         return list(answer["values"]), list(answer["reasons"])
 
-    def tokenize_sync(self, items: Sequence[TokenRequest]) -> list[str]:
-        """For callers without an event loop (the log scrubber)."""
-        answer = self._post("/v1/tokenize", json.dumps({"items": [_item(r) for r in items]}).encode())
-        return list(answer["tokens"])
+    def tokenize_sync(self, items: Sequence[TokenRequest]) -> list[tuple[str, int | None]]:
+        """For callers without an event loop (the log scrubber): tokens and their expiries."""
+        answer = self._post("/v1/tokenize", json.dumps({"items": [_item(r) for r in items], "expiry": True}).encode())
+        return list(zip(answer["tokens"], answer["expires"], strict=True))
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()

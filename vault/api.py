@@ -173,13 +173,17 @@ def _token_request(index: int, item: Any, now: int) -> TokenRequest:
 @requires("tokenize")
 def tokenize() -> Response:
     body = _object_body()
-    unknown = set(body) - {"items", "subject"}
+    unknown = set(body) - {"items", "subject", "expiry"}
     if unknown:
         raise BadInput(f"unknown key '{sorted(unknown)[0][:40]}'")
     vault = _state().vault
     now = vault.now()
     reqs = [_token_request(i, item, now) for i, item in enumerate(_list_field(body, "items"))]
     if "subject" not in body:
+        if body.get("expiry") is True:
+            # Ours: when each token stops resolving (a found deterministic token keeps its first expiry).
+            made = vault.tokenize_with_expiry(reqs)
+            return jsonify(status="ok", tokens=[t for t, _ in made], expires=[e for _, e in made])
         return jsonify(status="ok", tokens=vault.tokenize(reqs))
     # Ours: the person the values belong to, found by an index (or created), as the sidecar does it.
     subject = body["subject"]

@@ -148,13 +148,22 @@ class Vault:
     # -- tokens -----------------------------------------------------------------------------------------------
 
     def tokenize(self, reqs: Sequence[TokenRequest]) -> list[str]:
+        return [token for token, _expiry in self.tokenize_with_expiry(reqs)]
+
+    def tokenize_with_expiry(self, reqs: Sequence[TokenRequest]) -> list[tuple[str, int | None]]:
+        """Tokens and when each stops resolving: a deterministic token found again keeps the expiry it was made
+        with, which a cache of tokens (the log scrubber's) must not outlive."""
         if not reqs:
             return []
+
+        def work(conn: Connection) -> list[tuple[str, int | None]]:
+            expiries: list[int | None] = []
+            made = tokens.tokenize(conn, self.keyring, self.keys, reqs, self.now(), expiries=expiries)
+            return list(zip(made, expiries, strict=True))
+
         # An integrity error here means another writer made the same deterministic token first (or a short
         # digits token collided): the next round finds theirs, or draws again.
-        return self._run_write(
-            lambda conn: tokens.tokenize(conn, self.keyring, self.keys, reqs, self.now()), retry_integrity=True
-        )
+        return self._run_write(work, retry_integrity=True)
 
     def tokenize_flows(self, flows: Sequence[FlowTokenize]) -> list[FlowTokens | VaultError]:
         """Several flows' tokens in one transaction (group commit), each flow's values owned by its subject, found

@@ -95,6 +95,7 @@ def tokenize(
     now: int,
     subjects: Sequence[str | None] | None = None,
     owner_keys: dict[str, str] | None = None,
+    expiries: list[int | None] | None = None,
 ) -> list[str]:
     """Tokens for `reqs`, in order. `subjects`, when given, names each request's owner in place of its own field
     (the sidecar resolves people in the same transaction); `owner_keys` gives their data key ids when known."""
@@ -107,7 +108,7 @@ def tokenize(
     aeads = keys.get_many(conn, set(owners.values()) | {SHARED_KEY_ID})
 
     lookups = [keyring.lookup_hash(_lookup_scope(r), r.value) if r.deterministic else None for r in reqs]
-    existing: dict[bytes, tuple[str, str | None]] = {}  # lookup -> (token, owner)
+    existing: dict[bytes, tuple[str, str | None, int | None]] = {}  # lookup -> (token, owner, expiry)
     expired: list[str] = []
     wanted = [lk for lk in lookups if lk is not None]
     if wanted:
@@ -118,19 +119,22 @@ def tokenize(
             if row.expires_at is not None and row.expires_at <= now:
                 expired.append(row.token)  # its value is gone; the value gets a new token below
             else:
-                existing[row.lookup] = (row.token, row.owner_id)
+                existing[row.lookup] = (row.token, row.owner_id, row.expires_at)
 
     out: list[str] = []
     new_rows: list[tuple[Any, ...]] = []  # in _INSERT_COLUMNS order
     adopted: list[dict[str, Any]] = []
     made: dict[bytes, str] = {}  # deterministic values made earlier in this same batch
+    made_expiry: dict[bytes, int | None] = {}
     batch_tokens: set[str] = set()
     for req, lk, subject in zip(reqs, lookups, owner_of, strict=True):
         if lk is not None:
             hit = existing.get(lk)
             if hit is not None:
-                hit_token, hit_owner = hit
+                hit_token, hit_owner, hit_expiry = hit
                 out.append(hit_token)
+                if expiries is not None:
+                    expiries.append(hit_expiry)
                 if hit_owner is None and subject is not None:
                     # A value first seen unowned (a log IP, say) and now seen with its person becomes theirs, so
                     # forget-me reaches it too.
@@ -143,10 +147,12 @@ def tokenize(
                             "value": seal(aeads[key_id], req.value.encode(), _aad(hit_token, req.kind)),
                         }
                     )
-                    existing[lk] = (hit_token, subject)
+                    existing[lk] = (hit_token, subject, hit_expiry)
                 continue
             if lk in made:
                 out.append(made[lk])
+                if expiries is not None:
+                    expiries.append(made_expiry[lk])
                 continue
         token = make_token(req.format, req.value)
         while token in batch_tokens:
@@ -159,7 +165,10 @@ def tokenize(
         ))
         if lk is not None:
             made[lk] = token
+            made_expiry[lk] = now + req.ttl if req.ttl else None
         out.append(token)
+        if expiries is not None:
+            expiries.append(now + req.ttl if req.ttl else None)
 
     if expired:
         conn.execute(delete(tokens).where(tokens.c.token.in_(expired)))

@@ -192,3 +192,12 @@ def test_batches_take_a_fixed_number_of_statements(vault: Vault) -> None:
         assert len(statements) == writes
     finally:
         event.remove(vault.engine, "before_cursor_execute", count)
+
+
+def test_expiry_of_a_deterministic_token_found_again_is_its_first(vault: Vault, clock: Clock) -> None:
+    req = TokenRequest("192.0.2.77", kind="ip", deterministic=True, ttl=100)
+    [(token, first)] = vault.tokenize_with_expiry([req])
+    assert first == int(clock.now) + 100
+    clock.advance(60)
+    assert vault.tokenize_with_expiry([req, req]) == [(token, first), (token, first)]
+    assert vault.tokenize_with_expiry([TokenRequest("x")])[0][1] is None
