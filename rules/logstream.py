@@ -1,7 +1,8 @@
 """Streams for `tokenbunker scrub`: files or stdin to stdout, in order, flushed as soon as a read is scrubbed.
 
-Bytes are read as Latin-1, which maps every byte to one character and back, so a line that is not UTF-8 passes
-through unharmed (only the ASCII values the rules look for are changed). Memory stays bounded: a chunk at a time,
+Bytes are read as UTF-8 with surrogateescape: a byte that is not valid UTF-8 becomes a stand-in character and
+turns back into the same byte on the way out, so a line that is not UTF-8 passes through unharmed (only the values
+the rules look for are changed), and a JSON line's non-ASCII text stays UTF-8. Memory stays bounded: a chunk at a time,
 and a line longer than the chunk limit is scrubbed in pieces rather than held whole.
 """
 
@@ -42,8 +43,19 @@ class Stream:
             self.carry = b""
 
     def _write(self, data: bytes) -> None:
-        self.out.write(self.scrubber.scrub(data.decode("latin-1")).encode("latin-1"))
+        self.out.write(encode(self.scrubber.scrub(decode(data))))
         self.out.flush()
+
+
+def decode(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def encode(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape: written as it was decoded
+        return text.encode("utf-8", "surrogatepass")
 
 
 def scrub_fd(fd: int, stream: Stream) -> None:
@@ -60,10 +72,12 @@ def follow(path: str, stream: Stream, stopped: Callable[[], bool], poll: float =
            from_start: bool = False) -> None:
     """`tail -F`: read a growing file, and when it is rotated (replaced or truncated) finish the old one and go on
     with the new one from its start."""
+    existed = os.path.exists(path)
     handle = _open_wait(path, stopped)
     if handle is None:
         return
-    if not from_start:
+    if existed and not from_start:
+        # What was there before we started is not ours to print; a file that appears later is read from its start.
         handle.seek(0, os.SEEK_END)
     try:
         while not stopped():

@@ -342,12 +342,14 @@ def scrub() -> Response:
         with state.scrub_lock:
             out = state.scrubber.scrub("\n".join(lines)) if lines else ""
         return jsonify(status="ok", lines=out.split("\n") if lines else [])
-    # Bytes in as Latin-1, as the command does: lines that are not UTF-8 come back byte for byte.
-    text = request.get_data(cache=False).decode("latin-1")
+    # Bytes decoded as the command does: lines that are not UTF-8 come back byte for byte.
+    from rules.logstream import decode, encode
+
+    text = decode(request.get_data(cache=False))
     with state.scrub_lock:
         out = state.scrubber.scrub(text)
     mimetype = "application/x-ndjson" if request.mimetype == "application/x-ndjson" else "text/plain"
-    return Response(out.encode("latin-1"), mimetype=mimetype)
+    return Response(encode(out), mimetype=mimetype)
 
 
 @v1.get("/openapi.json")
