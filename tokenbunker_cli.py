@@ -272,7 +272,7 @@ def _log_tokenizer(config):  # type: ignore[no-untyped-def]
     from vault.server import open_vault
 
     vault = open_vault(config)
-    return vault.tokenize, vault.close
+    return vault.tokenize_with_expiry, vault.close
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,6 +63,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumberFormat, ValidationResult
@@ -139,13 +140,18 @@ def _is_product_version(text: str, slash: int) -> bool:
     return lo == 0
 
 
-def _scan_ipv4(text: str) -> list[Finding]:
-    out: list[Finding] = []
+# Scanners return (start, end, detector) tuples, sorted by start; Finding objects are made only by Detector.find.
+Span = tuple[int, int, str]
+
+
+def _scan_ipv4(text: str) -> list[Span]:
+    out: list[Span] = []
+    append = out.append
     for m in _V4.finditer(text):
         s = m.start(m.lastindex)  # type: ignore[arg-type]
         if s and text[s - 1] == "/" and _is_product_version(text, s - 1):
             continue  # "Chrome/124.0.0.0"
-        out.append(_finding(s, m.end(), "ip", "ipv4"))
+        append((s, m.end(), "ipv4"))
     return out
 
 
@@ -204,8 +210,8 @@ def _v6_end(text: str, j: int, e: int, after_colon: bool) -> int:
     return end if _v6_ok(addr) else -1
 
 
-def _scan_ipv6(text: str) -> list[Finding]:
-    out: list[Finding] = []
+def _scan_ipv6(text: str) -> list[Span]:
+    out: list[Span] = []
     floor = 0  # the first group never reaches back into the previous candidate ("::1%0000::")
     for m in _V6_CAND.finditer(text):
         s, e = m.span()
@@ -214,12 +220,12 @@ def _scan_ipv6(text: str) -> list[Finding]:
         floor = e
         end = _v6_end(text, s - n, e, False) if n < 5 else -1
         if end >= 0:
-            out.append(_finding(s - n, end, "ip", "ipv6"))
+            out.append((s - n, end, "ipv6"))
         elif e - s > 2 and text[s + 1] in _HEX and (n == 5 or (s - n > 0 and text[s - n - 1] in _WORD)):
             # "host:2001:db8::1", "id:fe80::1": the colon ends a word, and the address starts after it.
             end = _v6_end(text, s + 1, e, True)
             if end >= 0:
-                out.append(_finding(s + 1, end, "ip", "ipv6"))
+                out.append((s + 1, end, "ipv6"))
     return out
 
 
@@ -238,8 +244,8 @@ _URL_USERINFO = re.compile(r"//[^\s/?#@:]*\Z")
 _IMAGE_DENSITY = re.compile(r"@[1-9](?:\.[0-9])?x\.[A-Za-z]{2,5}\Z", _A)  # "logo@2x.png", "icon@1.5x.webp"
 
 
-def _scan_email(text: str) -> list[Finding]:
-    out: list[Finding] = []
+def _scan_email(text: str) -> list[Span]:
+    out: list[Span] = []
     floor = 0  # a local part never reaches back into the previous address ("a@b.cc@d.ee")
     for m in _EMAIL_CAND.finditer(text):
         s, e = m.span()
@@ -266,7 +272,7 @@ def _scan_email(text: str) -> list[Finding]:
             continue  # "https://admin:secret@db.example.com": a password, not an address
         if e - s > 8 and text[e - 8 : e].lower() == ".invalid":
             continue  # RFC 2606 reserves .invalid: never a mailbox, and where Tokenbunker's email tokens live
-        out.append(_finding(start, e, "email", "email"))
+        out.append((start, e, "email"))
         floor = e
     return out
 
@@ -348,23 +354,23 @@ class _PhoneScanner:
         self.national = national
         self.prefilter = "|".join(pre)
 
-    def __call__(self, text: str) -> list[Finding]:
-        out: list[Finding] = []
+    def __call__(self, text: str) -> list[Span]:
+        out: list[Span] = []
         for m in _PHONE_INTL.finditer(text):
             s, e = m.span()
             end = _phone_end(text, s, e, None)
             if end >= 0:
-                out.append(_finding(s, end, "phone", "phone"))
+                out.append((s, end, "phone"))
         if self.national is not None:
             more = False
             for m in self.national.finditer(text):
                 s, e = m.span()
                 end = _phone_end(text, s, e, self.region)
                 if end >= 0:
-                    out.append(_finding(s, end, "phone", "phone"))
+                    out.append((s, end, "phone"))
                     more = True
             if more:
-                out = _resolve(out)  # "+44 020 7946 0958": the national part inside loses to the whole
+                out = _resolve_spans(out)  # "+44 020 7946 0958": the national part inside loses to the whole
         return out
 
 
@@ -435,38 +441,71 @@ def _card_ok(digits: str) -> bool:
     return False
 
 
-def _scan_card(text: str) -> list[Finding]:
-    out: list[Finding] = []
+def _scan_card(text: str) -> list[Span]:
+    out: list[Span] = []
     for m in _CARD_CAND.finditer(text):
         digits = m.group()
         if not digits.isdigit():
             digits = digits.replace(" ", "").replace("-", "")
         if _card_ok(digits):
-            out.append(_finding(m.start(), m.end(), "card", "card"))
+            out.append((m.start(), m.end(), "card"))
     return out
 
 
 # ------------------------------------------------------------------------------------------------------------ resolve
+_START = itemgetter(0)
+
+
 def _resolve(found: list[Finding]) -> list[Finding]:
     """Non-overlapping, sorted by start; of overlapping findings the longer wins, then the earlier detector."""
-    found.sort(key=lambda f: (f.start, f.end))
+    by_span = {(f.start, f.end, f.detector): f for f in found}
+    return [by_span[span] for span in _resolve_spans(list(by_span))]
+
+
+def _resolve_spans(found: list[Span]) -> list[Span]:
+    """_resolve on (start, end, detector) tuples; sorts `found` in place. Linear but for the groups of mutually
+    overlapping spans, a few spans each ("::ffff:10.0.0.5" holds an ipv4 finding)."""
+    found.sort(key=_START)
     prev_end = -1
-    for f in found:
-        if f.start < prev_end:
+    for s, e, _ in found:
+        if s < prev_end:
             break
-        prev_end = f.end
+        prev_end = e
     else:
         return found
-    ranked = sorted(found, key=lambda f: (f.start - f.end, _ORDER[f.detector], f.start))
+    # Spans that overlap, directly or through others, form a cluster; clusters never overlap one another, so the
+    # choice (by rank, greedily) within each is independent of the rest.
+    out: list[Span] = []
+    first = 0  # the current cluster is found[first:i]
+    end = -1
+    for i, (s, e, _) in enumerate(found):
+        if s < end:
+            if e > end:
+                end = e
+            continue
+        if i - first > 1:
+            out += _choose(found[first:i])
+        elif i:
+            out.append(found[first])
+        first, end = i, e
+    if len(found) - first > 1:
+        out += _choose(found[first:])
+    else:
+        out.append(found[first])
+    return out
+
+
+def _choose(cluster: list[Span]) -> list[Span]:
+    ranked = sorted(cluster, key=lambda f: (f[0] - f[1], _ORDER[f[2]], f[0]))
     starts: list[int] = []
-    chosen: list[Finding] = []
+    chosen: list[Span] = []
     for f in ranked:
-        i = bisect_right(starts, f.start)
-        if i and chosen[i - 1].end > f.start:
+        i = bisect_right(starts, f[0])
+        if i and chosen[i - 1][1] > f[0]:
             continue
-        if i < len(chosen) and chosen[i].start < f.end:
+        if i < len(chosen) and chosen[i][0] < f[1]:
             continue
-        starts.insert(i, f.start)
+        starts.insert(i, f[0])
         chosen.insert(i, f)
     return chosen
 
@@ -501,7 +540,7 @@ class Detector:
                 f"unknown default_country {default_country!r}: use an ISO 3166 alpha-2 code such as GB, US or FR"
             )
         ordered = tuple(d for d in DETECTORS if d in wanted)
-        scanners: list[Callable[[str], list[Finding]]] = []
+        scanners: list[Callable[[str], list[Span]]] = []
         prefilters: list[str] = []
         for name in ordered:
             if name == "phone":
@@ -544,12 +583,16 @@ class Detector:
 
     def find(self, text: str) -> list[Finding]:
         """Every finding, non-overlapping, sorted by start."""
+        return [_finding(s, e, KIND_OF[name], name) for s, e, name in self.spans(text)]
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """find(text) as (start, end, detector) tuples: the same findings, cheaper (no Finding objects)."""
         scanners = self._scanners
         if len(scanners) == 1:
             return scanners[0](text)
         if self._prefilter_first and self._prefilter.search(text) is None:
             return []
-        found: list[Finding] = []
+        found: list[Span] = []
         lists = 0
         for scan in scanners:
             got = scan(text)
@@ -559,7 +602,7 @@ class Detector:
                 else:
                     found += got
                 lists += 1
-        return _resolve(found) if lists > 1 else found
+        return _resolve_spans(found) if lists > 1 else found
 
     def sub(self, text: str, replace: Callable[[Finding, str], str]) -> str:
         """`text` with every finding f replaced by replace(f, text[f.start:f.end])."""
@@ -576,7 +619,7 @@ class Detector:
         return "".join(parts)
 
 
-_SCANNERS: dict[str, Callable[[str], list[Finding]]] = {
+_SCANNERS: dict[str, Callable[[str], list[Span]]] = {
     "ipv4": _scan_ipv4,
     "ipv6": _scan_ipv6,
     "email": _scan_email,

@@ -83,4 +83,4 @@ def log_scrubber(config: Config, vault: Vault) -> object | None:
     files = [f for f in (config.scrub.rules if config.scrub.rules is not None else config.proxy.rules)
              if os.path.exists(f)]
     rules = load_rules(files).logs if files else ()
-    return LogScrubber(rules, vault.tokenize) if rules else None
+    return LogScrubber(rules, vault.tokenize_with_expiry) if rules else None

@@ -20,16 +20,19 @@ from vault.tokens import TokenRequest
 WAIT = 5.0  # seconds a line may take to show up before the test fails
 
 
-def no_vault(reqs: Sequence[TokenRequest]) -> list[str]:
+def no_vault(reqs: Sequence[TokenRequest]) -> list[tuple[str, int | None]]:
     raise AssertionError(f"unexpected vault call: {reqs!r}")
 
 
-def fake_tokens(reqs: Sequence[TokenRequest]) -> list[str]:
-    """Stands in for the vault: a readable token per value."""
-    return [f"TOK<{r.value}>" for r in reqs]
+def fake_tokens(reqs: Sequence[TokenRequest]) -> list[tuple[str, int | None]]:
+    """Stands in for the vault: a readable token per value, never expiring."""
+    return [(f"TOK<{r.value}>", None) for r in reqs]
 
 
-def make_scrubber(*items: str, tokenize: Callable[[Sequence[TokenRequest]], list[str]] = no_vault) -> LogScrubber:
+Tokenize = Callable[[Sequence[TokenRequest]], list[tuple[str, int | None]]]
+
+
+def make_scrubber(*items: str, tokenize: Tokenize = no_vault) -> LogScrubber:
     text = "version: 1\nlogs:\n" + "".join(f"  - {item}\n" for item in items)
     return LogScrubber(compile_text(text, "test.yaml")[1], tokenize)
 

@@ -19,7 +19,7 @@ logs:
 
 
 def _client(vault: Vault, with_rules: bool = True) -> FlaskClient:
-    scrubber = LogScrubber(compile_text(RULES, "r.yaml")[1], vault.tokenize) if with_rules else None
+    scrubber = LogScrubber(compile_text(RULES, "r.yaml")[1], vault.tokenize_with_expiry) if with_rules else None
     return create_app(vault, root_token_hash=vault.keyring.api_token_hash(ROOT), scrubber=scrubber).test_client()
 
 
