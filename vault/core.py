@@ -22,7 +22,6 @@ from vault.errors import BadInput, Conflict, Unavailable, VaultError, WrongKey
 from vault.formats import TOKEN_PATTERN
 from vault.identity import INDEX_MODES, IdentityError, normalize
 from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
-from vault.migrate import migrate
 from vault.models import data_keys_table, meta_table
 from vault.tokens import TokenInfo, TokenRequest
 
@@ -67,7 +66,10 @@ class Vault:
         try:
             if auto_migrate:
                 with _db_errors():
-                    migrate(engine)
+                    if not _schema_is_current(engine):
+                        from vault.migrate import migrate  # Alembic is loaded only when there is work for it
+
+                        migrate(engine)
             vault = cls(
                 engine,
                 KeyRing.from_secret(_unlock(engine, master_key)),
@@ -351,6 +353,17 @@ class _Transient(Unavailable):
 
 
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
+
+
+SCHEMA_HEAD = "0003"  # the newest migration; tests/vault/test_migrations.py keeps this in step
+
+
+def _schema_is_current(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == SCHEMA_HEAD
+    except DBAPIError:
+        return False  # no table yet: a new database
 
 
 def _unlock(engine: Engine, master_key: bytes) -> bytes:

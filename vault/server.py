@@ -6,14 +6,15 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from flask import Flask
-
-from vault.api import create_app
 from vault.config import Config
 from vault.core import Vault
 from vault.errors import BadInput
 from vault.keys import load_master_key
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 ROOT_TOKEN_ENV = "TOKENBUNKER_ROOT_TOKEN"
 ROOT_TOKEN_META = "root_token_hash"
@@ -65,6 +66,8 @@ def rotate_root_token(vault: Vault) -> str:
 
 
 def build_app(config: Config, vault: Vault, root: RootToken) -> Flask:
+    from vault.api import create_app  # Flask only where the API is served (not for `scrub` or the proxy)
+
     return create_app(
         vault,
         root_token_hash=root.hash,

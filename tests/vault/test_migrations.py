@@ -21,3 +21,9 @@ def test_migrations_match_the_models(database_url: str) -> None:
         assert diff == []
     finally:
         engine.dispose()
+
+
+def test_the_vaults_schema_head_is_alembics() -> None:
+    from vault.core import SCHEMA_HEAD
+
+    assert head_revision() == SCHEMA_HEAD
