@@ -14,7 +14,7 @@ import queue
 import threading
 import urllib.parse
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from vault.core import FlowTokenize, FlowTokens, Vault
@@ -69,22 +69,29 @@ class InProcessVault:
                     break
                 batch.append(more)
             try:
-                results = self.vault.tokenize_flows([flow for flow, _ in batch])
+                results: list[FlowTokens | VaultError] = self.vault.tokenize_flows([flow for flow, _ in batch])
             except BaseException as exc:  # the whole group failed (database down): every flow hears it
-                for _, future in batch:
-                    future.set_exception(exc if isinstance(exc, VaultError) else Unavailable("vault error"))
-                continue
+                results = [exc if isinstance(exc, VaultError) else Unavailable("vault error")] * len(batch)
             for (_, future), result in zip(batch, results, strict=True):
-                if isinstance(result, VaultError):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+                _settle(future, result)
 
     def close(self) -> None:
         self._jobs.put(None)
         self._writer.join(timeout=5)
         self._readers.shutdown(wait=True, cancel_futures=True)
         self.vault.close()
+
+
+def _settle(future: Future[FlowTokens], result: FlowTokens | BaseException) -> None:
+    """Answer a waiting flow; one that went away meanwhile (its client hung up, so its future was cancelled) is
+    skipped rather than allowed to stop the writer thread that serves every other flow."""
+    try:
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class HttpVault:

@@ -289,3 +289,29 @@ def test_http_wrong_token_is_a_vault_error(served: str) -> None:
 def test_http_vault_url_must_be_http() -> None:
     with pytest.raises(BadInput):
         HttpVault("ftp://vault.internal", secrets.token_hex(8))
+
+
+def test_a_cancelled_flow_does_not_stop_the_writer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A client that hangs up cancels its flow's future; the writer thread must go on serving the others."""
+    import asyncio
+    import secrets
+
+    from proxy_addons.vaultclient import InProcessVault
+    from vault.core import Vault
+    from vault.tokens import TokenRequest
+
+    client = InProcessVault(Vault.open(f"sqlite:///{tmp_path / 'v.db'}", secrets.token_bytes(32)))
+
+    async def scenario() -> None:
+        doomed = asyncio.ensure_future(client.tokenize(None, [TokenRequest("a")]))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        for _ in range(5):
+            made = await asyncio.wait_for(client.tokenize(None, [TokenRequest("b")]), timeout=10)
+            assert len(made.tokens) == 1
+
+    try:
+        asyncio.run(scenario())
+        assert client._writer.is_alive()
+    finally:
+        client.close()
