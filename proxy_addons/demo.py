@@ -53,8 +53,18 @@ class DemoApp(BaseHTTPRequestHandler):
         pass  # an access log would print the client's address
 
 
+def _stop(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(host: str, port: int) -> None:
-    ThreadingHTTPServer((host, port), DemoApp).serve_forever()
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        ThreadingHTTPServer((host, port), DemoApp).serve_forever()
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; `up` stops us with SIGTERM
+        pass
 
 
 if __name__ == "__main__":
