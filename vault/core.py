@@ -413,4 +413,4 @@ def _db_errors() -> Iterator[None]:
         raise Unavailable(f"database unavailable ({type(exc.orig).__name__})") from None
 
 
-__all__ = ["SHARED_KEY_ID", "Vault"]
+__all__ = ["SHARED_KEY_ID", "FlowTokenize", "FlowTokens", "Vault", "rotate_master_key"]
