@@ -89,13 +89,13 @@ def resolve_many(
     for mode in {m for m, _ in wanted}:
         column = people.c[f"{mode}_idx"]
         by_hash = {h: key for key, h in hashed.items() if key[0] == mode}
-        rows = conn.execute(select(people.c.id, people.c.data_key_id, column).where(column.in_(list(by_hash))))
-        for row in rows:
+        found = conn.execute(select(people.c.id, people.c.data_key_id, column).where(column.in_(list(by_hash))))
+        for row in found:
             out[by_hash[row[2]]] = PersonRef(row.id, row.data_key_id)
     missing = [key for key in wanted if key not in out]
     if missing:
         new_keys = keys.create_many(conn, len(missing), now)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for (mode, value), (key_id, aead) in zip(missing, new_keys, strict=True):
             person_id = str(uuid.uuid4())
             rows.append({

@@ -197,7 +197,7 @@ def _insert_sql(conn: Connection) -> str:
             f"VALUES ({', '.join([mark] * len(_INSERT_COLUMNS))})")
 
 
-def _owner_keys(conn: Connection, subjects: set[str | None]) -> dict[str, str]:
+def _owner_keys(conn: Connection, subjects: set[str] | set[str | None]) -> dict[str, str]:
     """person uuid -> data key id, for every subject of the batch; an unknown subject fails the whole batch."""
     wanted = {s for s in subjects if s}
     if not wanted:
