@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 
 from vault import consents
 from vault.crypto import seal, unseal
@@ -79,6 +79,15 @@ def create(conn: Connection, keyring: KeyRing, keys: DataKeys, profile: Any, cou
     return person_id
 
 
+# One prebuilt statement per index mode: compiled once, then reused from SQLAlchemy's cache.
+_BY_INDEX = {
+    mode: select(people.c.id, people.c.data_key_id, people.c[f"{mode}_idx"]).where(
+        people.c[f"{mode}_idx"].in_(bindparam("hashes", expanding=True))
+    )
+    for mode in INDEX_MODES
+}
+
+
 def resolve_many(
     conn: Connection, keyring: KeyRing, keys: DataKeys, wanted: set[tuple[str, str]], now: int
 ) -> dict[tuple[str, str], PersonRef]:
@@ -87,9 +96,8 @@ def resolve_many(
     out: dict[tuple[str, str], PersonRef] = {}
     hashed = {(mode, value): keyring.lookup_hash(f"idx|{mode}", value) for mode, value in wanted}
     for mode in {m for m, _ in wanted}:
-        column = people.c[f"{mode}_idx"]
         by_hash = {h: key for key, h in hashed.items() if key[0] == mode}
-        found = conn.execute(select(people.c.id, people.c.data_key_id, column).where(column.in_(list(by_hash))))
+        found = conn.execute(_BY_INDEX[mode], {"hashes": list(by_hash)})
         for row in found:
             out[by_hash[row[2]]] = PersonRef(row.id, row.data_key_id)
     missing = [key for key in wanted if key not in out]

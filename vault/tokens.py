@@ -112,10 +112,7 @@ def tokenize(
     expired: list[str] = []
     wanted = [lk for lk in lookups if lk is not None]
     if wanted:
-        query = select(tokens.c.token, tokens.c.lookup, tokens.c.expires_at, tokens.c.owner_id).where(
-            tokens.c.lookup.in_(set(wanted))
-        )
-        for row in conn.execute(query):
+        for row in conn.execute(_BY_LOOKUP, {"lookups": list(set(wanted))}):
             if row.expires_at is not None and row.expires_at <= now:
                 expired.append(row.token)  # its value is gone; the value gets a new token below
             else:
@@ -202,14 +199,18 @@ def _owner_keys(conn: Connection, subjects: set[str] | set[str | None]) -> dict[
     wanted = {s for s in subjects if s}
     if not wanted:
         return {}
-    rows = conn.execute(select(people.c.id, people.c.data_key_id).where(people.c.id.in_(wanted))).all()
+    rows = conn.execute(_OWNER_KEYS, {"ids": list(wanted)}).all()
     found = {row.id: row.data_key_id for row in rows}
     if len(found) != len(wanted):
         raise NotFound("unknown subject: no person has that token")
     return found
 
 
-# Built once: the statement's compiled form is then reused from SQLAlchemy's cache on every batch.
+# Statements built once: their compiled forms come from SQLAlchemy's cache on every batch, not rebuilt per call.
+_BY_LOOKUP = select(tokens.c.token, tokens.c.lookup, tokens.c.expires_at, tokens.c.owner_id).where(
+    tokens.c.lookup.in_(bindparam("lookups", expanding=True))
+)
+_OWNER_KEYS = select(people.c.id, people.c.data_key_id).where(people.c.id.in_(bindparam("ids", expanding=True)))
 _DETOKENIZE = select(
     tokens.c.token, tokens.c.kind, tokens.c.value, tokens.c.data_key_id, tokens.c.expires_at, tokens.c.owner_id
 ).where(tokens.c.token.in_(bindparam("tokens", expanding=True)))
