@@ -217,7 +217,7 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     from rules.scrub import LogScrubber
 
     config = _config(args)
-    files = list(config.scrub.rules if config.scrub.rules is not None else config.proxy.rules)
+    files = list(config.log_rule_files)
     rules = load_rules(files).logs
     if not rules:
         raise UserError(f"no `logs:` rules in {', '.join(files)}: nothing to scrub with")

@@ -204,6 +204,11 @@ class Config:
     portal: PortalSettings
     warnings: tuple[str, ...] = ()
 
+    @property
+    def log_rule_files(self) -> tuple[str, ...]:
+        """The rule files whose `logs:` sections the scrubber applies: scrub.rules, else proxy.rules."""
+        return self.scrub.rules if self.scrub.rules is not None else self.proxy.rules
+
 
 _SECTIONS: dict[str, type] = {
     "vault": VaultSettings, "api": ApiSettings, "proxy": ProxySettings, "demo": DemoSettings,

@@ -83,7 +83,6 @@ def log_scrubber(config: Config, vault: Vault) -> object | None:
     from rules.compiler import load_rules
     from rules.scrub import LogScrubber
 
-    files = [f for f in (config.scrub.rules if config.scrub.rules is not None else config.proxy.rules)
-             if os.path.exists(f)]
+    files = [f for f in config.log_rule_files if os.path.exists(f)]
     rules = load_rules(files).logs if files else ()
     return LogScrubber(rules, vault.tokenize_with_expiry) if rules else None
