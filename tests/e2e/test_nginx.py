@@ -253,6 +253,9 @@ def test_nginx_access_log_scrubbed_live(tmp_path: Path, database_url: str, nginx
         skip = web.access_log.stat().st_size  # the scrubber follows from the end, as `tail -F` does
         first_request = time.time()
         traffic(web.port, sources, 0)
+        # nginx writes a line after it has answered: the client can be a moment ahead of the log.
+        wait_until(lambda: web.access_log.read_bytes()[skip:].count(b"\n") >= 3 * len(sources), 5,
+                   "nginx to log every request")
         raw1 = web.access_log.read_bytes()[skip:].decode("utf-8")
         assert raw1.count("\n") == 3 * len(sources)
         assert {line.split(" ", 1)[0] for line in raw1.splitlines()} == set(sources)
@@ -269,6 +272,8 @@ def test_nginx_access_log_scrubbed_live(tmp_path: Path, database_url: str, nginx
 
         # Round 2, in the new file: new tokens for the same addresses, and they resolve.
         traffic(web.port, sources, 1)
+        wait_until(lambda: web.access_log.read_bytes().count(b"\n") >= 3 * len(sources), 5,
+                   "nginx to log every request")
         raw2 = web.access_log.read_text(encoding="utf-8")
         assert raw2.count("\n") == 3 * len(sources)
         n1 = len(raw1.splitlines())
