@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from vault import apitokens, consents, people, tokens
+from vault import apitokens, audit, consents, events, people, tokens
 from vault.datakeys import SHARED_KEY_ID, DataKeys
 from vault.db import READ_OPTION, WRITE_OPTION, make_engine
 from vault.errors import BadInput, Conflict, Unavailable, VaultError, WrongKey
@@ -24,6 +24,8 @@ from vault.identity import INDEX_MODES, IdentityError, normalize
 from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
 from vault.models import data_keys_table, meta_table
 from vault.tokens import TokenInfo, TokenRequest
+
+LIBRARY = "library"  # who acted, in the audit trail, when a caller of the library does not say
 
 _T = TypeVar("_T")
 _VAULT_SECRET = "vault_secret"
@@ -225,15 +227,21 @@ class Vault:
 
     def detokenize_explained(
         self, token_list: Sequence[str], reveal: str = "plain", purpose: str | None = None,
-        kinds: frozenset[str] | None = None,
+        kinds: frozenset[str] | None = None, *, by: str | None = None, route: str | None = None,
     ) -> tuple[list[str | None], list[str | None]]:
-        """Values, and for each missing one why: "unknown", "consent" or "scope" (not one of `kinds`)."""
+        """Values, and for each missing one why: "unknown", "consent" or "scope" (not one of `kinds`).
+        With `by`, the reveals (and refusals for consent) are audited: one row per person, the kinds involved."""
         if purpose is not None:
             consents.check_brief(purpose)
         if not token_list:
             return [], []
+        seen: list[tuple[str | None, str, str, bool]] | None = [] if by is not None else None
         with self._read() as conn:
-            return tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), purpose, kinds)
+            out = tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), purpose, kinds, seen)
+        if seen:
+            self._run_write(lambda conn: self._audit(conn, reveal_events(seen, by or LIBRARY, reveal, purpose,
+                                                                         route)))
+        return out
 
     def token_info(self, token: str) -> TokenInfo:
         with self._read() as conn:
@@ -249,23 +257,15 @@ class Vault:
 
     # -- people -----------------------------------------------------------------------------------------------
 
-    def create_person(self, profile: Any) -> str:
-        try:
-            return self._run_write(
-                lambda conn: people.create(conn, self.keyring, self.keys, profile, self.default_country, self.now())
-            )
-        except IntegrityError:
-            raise Conflict("duplicate index") from None
+    def _audit(self, conn: Connection, rows: Sequence[audit.Event]) -> None:
+        audit.record_many(conn, self.keyring, self.keys, rows, self.now())
 
-    def get_person(self, mode: str, ident: str) -> tuple[str, dict[str, Any]]:
-        with self._read() as conn:
-            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
-            return ref.id, people.read(conn, self.keys, ref)
-
-    def update_person(self, mode: str, ident: str, change: Any) -> str:
+    def create_person(self, profile: Any, *, by: str = LIBRARY) -> str:
         def work(conn: Connection) -> str:
-            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
-            people.change(conn, self.keyring, self.keys, ref, change, self.default_country, self.now())
+            ref = people.create(conn, self.keyring, self.keys, profile, self.default_country, self.now())
+            self._audit(conn, [audit.Event(by, "create", ref.id, ref.data_key_id,
+                                           detail={"fields": sorted(profile)})])
+            events.enqueue(conn, "profilenew", {"token": ref.id}, self.now())
             return ref.id
 
         try:
@@ -273,14 +273,53 @@ class Vault:
         except IntegrityError:
             raise Conflict("duplicate index") from None
 
-    def forget_person(self, mode: str, ident: str) -> str:
+    def get_person(self, mode: str, ident: str, *, by: str = LIBRARY) -> tuple[str, dict[str, Any]]:
+        def work(conn: Connection) -> tuple[str, dict[str, Any]]:
+            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
+            profile = people.read(conn, self.keys, ref)
+            self._audit(conn, [audit.Event(by, "read", ref.id, ref.data_key_id)])
+            return ref.id, profile
+
+        return self._run_write(work)
+
+    def update_person(self, mode: str, ident: str, change: Any, *, by: str = LIBRARY) -> str:
         def work(conn: Connection) -> str:
             ref = people.find(conn, self.keyring, mode, ident, self.default_country)
-            people.forget(conn, self.keys, ref, self.now())
+            before = people.read(conn, self.keys, ref)
+            after = people.change(conn, self.keyring, self.keys, ref, change, self.default_country, self.now())
+            self._audit(conn, [audit.Event(by, "change", ref.id, ref.data_key_id,
+                                           detail={"before": before, "after": after})])
+            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            events.enqueue(conn, "profilechange", {"token": ref.id, "fields": changed}, self.now())
+            return ref.id
+
+        try:
+            return self._run_write(work)
+        except IntegrityError:
+            raise Conflict("duplicate index") from None
+
+    def forget_person(self, mode: str, ident: str, *, by: str = LIBRARY) -> str:
+        def work(conn: Connection) -> str:
+            ref = people.find(conn, self.keyring, mode, ident, self.default_country)
+            removed = people.forget(conn, self.keys, ref, self.now())
+            # Recorded after the key is gone: the row names the person's uuid and counts, nothing readable.
+            self._audit(conn, [audit.Event(by, "forget", ref.id, None, detail={"tokens": removed})])
+            events.enqueue(conn, "forgetme", {"token": ref.id}, self.now())
             return ref.id
 
         return self._run_write(work)
 
+    # -- app records, sessions, shared records (vault/records.py) ----------------------------------------------
+    # (issue 4: the records work adds its methods here)
+
+    # -- legal bases, processing activities, consent registry (vault/consents.py, vault/registry.py) -----------
+    # (issue 4: the consent work adds its methods here)
+
+    # -- DPO requests and retention (vault/requests.py, vault/retention.py) ------------------------------------
+    # (issue 4: the requests work adds its methods here)
+
+    # -- audit reads, callbacks, backup (vault/audit.py, vault/callbacks.py, vault/backup.py) ------------------
+    # (issue 4: the audit work adds its methods here)
 
     # -- scoped API tokens ------------------------------------------------------------------------------------
 
@@ -312,18 +351,24 @@ class Vault:
     # -- consents ---------------------------------------------------------------------------------------------
 
     def give_consent(self, brief: str, mode: str, ident: str, expires_at: int | None = None,
-                     method: str | None = None, reference: str | None = None) -> str:
+                     method: str | None = None, reference: str | None = None, *, by: str = LIBRARY) -> str:
         def work(conn: Connection) -> str:
             ref = people.find(conn, self.keyring, mode, ident, self.default_country)
             consents.give(conn, ref.id, brief, self.now(), expires_at, method, reference)
+            self._audit(conn, [audit.Event(by, "consent-give", ref.id, ref.data_key_id,
+                                           detail={"brief": brief, "expires": expires_at})])
+            events.enqueue(conn, "consentchange", {"token": ref.id, "brief": brief, "status": "yes"}, self.now())
             return ref.id
 
         return self._run_write(work)
 
-    def withdraw_consent(self, brief: str, mode: str, ident: str) -> str:
+    def withdraw_consent(self, brief: str, mode: str, ident: str, *, by: str = LIBRARY) -> str:
         def work(conn: Connection) -> str:
             ref = people.find(conn, self.keyring, mode, ident, self.default_country)
             consents.withdraw(conn, ref.id, brief, self.now())
+            self._audit(conn, [audit.Event(by, "consent-withdraw", ref.id, ref.data_key_id,
+                                           detail={"brief": brief})])
+            events.enqueue(conn, "consentchange", {"token": ref.id, "brief": brief, "status": "no"}, self.now())
             return ref.id
 
         return self._run_write(work)
@@ -332,6 +377,19 @@ class Vault:
         with self._read() as conn:
             ref = people.find(conn, self.keyring, mode, ident, self.default_country)
             return consents.get(conn, ref.id, brief, self.now())
+
+
+def reveal_events(seen: Sequence[tuple[str | None, str, str, bool]], by: str, reveal: str, purpose: str | None,
+                  route: str | None) -> list[audit.Event]:
+    """One audit row per person and outcome for a batch of reveals: which kinds, how many, under what purpose."""
+    groups: dict[tuple[str | None, str, bool], list[str]] = {}
+    for owner, key_id, kind, revealed in seen:
+        groups.setdefault((owner, key_id, revealed), []).append(kind)
+    return [
+        audit.Event(by, "reveal", owner, key_id if owner else None, "ok" if revealed else "refused", route,
+                    {"kinds": sorted(set(kinds)), "count": len(kinds), "reveal": reveal, "purpose": purpose})
+        for (owner, key_id, revealed), kinds in groups.items()
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +413,7 @@ class _Transient(Unavailable):
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
 
 
-SCHEMA_HEAD = "0003"  # the newest migration; tests/vault/test_migrations.py keeps this in step
+SCHEMA_HEAD = "0008"  # the newest migration; tests/vault/test_migrations.py keeps this in step
 
 
 def _schema_is_current(engine: Engine) -> bool:

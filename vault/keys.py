@@ -2,8 +2,8 @@
 
 master key (outside the database: environment or key file)
   -> seals the vault secret (random, 256 bits, stored sealed in tb_meta)
-     -> HKDF: wrap (data keys), lookup (keyed hashes), api (API token hashes): one key per job, so a leak of one
-        derived key (say, the lookup key) does not open the sealed values
+     -> HKDF: wrap (data keys), lookup (keyed hashes), api (API token hashes), audit (the audit chain): one key
+        per job, so a leak of one derived key (say, the lookup key) does not open the sealed values
         -> data keys (one per person, wrapped) -> values
 """
 
@@ -118,6 +118,7 @@ class KeyRing:
     wrap: AESGCM = field(repr=False)
     lookup_key: bytes = field(repr=False)
     api_key: bytes = field(repr=False)
+    audit_key: bytes = field(repr=False)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyRing:
@@ -125,6 +126,7 @@ class KeyRing:
             wrap=AESGCM(_derive(secret, "wrap")),
             lookup_key=_derive(secret, "lookup"),
             api_key=_derive(secret, "api"),
+            audit_key=_derive(secret, "audit"),
         )
 
     def lookup_hash(self, scope: str, value: str) -> bytes:
@@ -133,6 +135,10 @@ class KeyRing:
 
     def api_token_hash(self, token: str) -> bytes:
         return hmac.digest(self.api_key, token.encode(), sha256)
+
+    def audit_hash(self, data: bytes) -> bytes:
+        """The audit trail's chain links: keyed, so nobody without the vault secret can forge a valid chain."""
+        return hmac.digest(self.audit_key, data, sha256)
 
     def __repr__(self) -> str:
         return "KeyRing(<hidden>)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import BigInteger, ForeignKey, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -122,3 +122,49 @@ class ApiToken(Base):
 
 
 api_tokens_table = cast(Table, ApiToken.__table__)
+
+
+class AuditEvent(Base):
+    """One operation on personal data: who (the token that acted), when, what, result. `detail` (before/after,
+    the fields involved) is sealed under the person's data key, so forget-me leaves a row that proves what was
+    done without readable PII. Rows are chained: `row_hash` is a keyed hash over this row and the previous
+    row's hash, so an edit or a deletion anywhere breaks every later link (`tokenbunker audit verify`)."""
+
+    __tablename__ = "tb_audit"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    atoken: Mapped[str] = mapped_column(String(36), unique=True)
+    at: Mapped[int] = mapped_column(BigInteger, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    person_id: Mapped[str | None] = mapped_column(String(36), index=True)  # no FK: rows outlive the person
+    route: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    data_key_id: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[bytes | None] = mapped_column(LargeBinary)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    row_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+audit_table = cast(Table, AuditEvent.__table__)
+
+
+class OutboxEvent(Base):
+    """A callback to the backend (profilenew, forgetme, ...), written in the same transaction as the change it
+    reports, then delivered by a worker with retries: an API call never waits on the backend. Bodies carry
+    person tokens (uuids), never profile values."""
+
+    __tablename__ = "tb_outbox"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    event: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)  # JSON
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+
+
+outbox_table = cast(Table, OutboxEvent.__table__)

@@ -57,7 +57,7 @@ def _encode(profile: dict[str, Any]) -> bytes:
     return json.dumps(profile, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
 
 
-def create(conn: Connection, keyring: KeyRing, keys: DataKeys, profile: Any, country: str, now: int) -> str:
+def create(conn: Connection, keyring: KeyRing, keys: DataKeys, profile: Any, country: str, now: int) -> PersonRef:
     if not isinstance(profile, dict) or not profile:
         raise BadInput("a person is a non-empty JSON object")
     hashes = _index_hashes(keyring, profile, country)
@@ -76,7 +76,7 @@ def create(conn: Connection, keyring: KeyRing, keys: DataKeys, profile: Any, cou
             **hashes,
         )
     )
-    return person_id
+    return PersonRef(person_id, key_id)
 
 
 # One prebuilt statement per index mode: compiled once, then reused from SQLAlchemy's cache.

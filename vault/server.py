@@ -74,6 +74,7 @@ def build_app(config: Config, vault: Vault, root: RootToken) -> Flask:
         max_body_bytes=config.api.max_body_bytes,
         max_batch=config.api.max_batch,
         scrubber=log_scrubber(config, vault),
+        config=config,
     )
 
 

@@ -224,6 +224,7 @@ def detokenize(
     now: int,
     purpose: str | None = None,
     kinds: frozenset[str] | None = None,
+    seen: list[tuple[str | None, str, str, bool]] | None = None,
 ) -> tuple[list[str | None], list[str | None]]:
     """Values in the order asked, and why each missing one is missing: "unknown" (never made, expired, deleted or
     forgotten), "consent" (a purpose was named and the token's owner has not consented to it now; a token that
@@ -248,7 +249,11 @@ def detokenize(
             continue
         if allowed is not None and owner_id not in allowed:
             refused.add(token)
+            if seen is not None:
+                seen.append((owner_id, key_id, kind, False))
             continue
+        if seen is not None:
+            seen.append((owner_id, key_id, kind, True))
         plain = unseal(aead, sealed, _aad(token, kind)).decode()
         values[token] = mask(kind, plain) if reveal == "masked" else plain
     out = [values.get(t) for t in token_list]
