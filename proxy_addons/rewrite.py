@@ -111,7 +111,7 @@ class _Work:
         for reveal in self.reveals:
             groups.setdefault((reveal.rule.reveal, reveal.rule.require_consent), []).append(reveal)
         for (mode, purpose), items in groups.items():
-            values, reasons = await vault.detokenize([r.token for r in items], mode, purpose)
+            values, reasons = await vault.detokenize([r.token for r in items], mode, purpose, self.route)
             for item, value, reason in zip(items, values, reasons, strict=True):
                 if value is not None:
                     item.sink(value)

@@ -8,50 +8,63 @@ connections. Both answer the same two coroutines.
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import json
 import queue
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any, Protocol
 
+from vault.audit import Event
 from vault.core import FlowTokenize, FlowTokens, Vault
 from vault.errors import BadInput, Unavailable, VaultError
 from vault.tokens import TokenRequest
 
 GROUP_MAX = 256  # flows per group-commit transaction
+ACTOR = "sidecar"  # who acted, in the audit trail, for an in-process vault (over HTTP: the token's name)
 
 
 class VaultClient(Protocol):
     async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens: ...
 
     async def detokenize(
-        self, tokens: Sequence[str], reveal: str, purpose: str | None
+        self, tokens: Sequence[str], reveal: str, purpose: str | None, route: str | None = None
     ) -> tuple[list[str | None], list[str | None]]: ...
 
     def close(self) -> None: ...
 
 
 class InProcessVault:
+    """Tokenize jobs and the audit rows of reveals go to one writer thread, which commits whatever is waiting in
+    one transaction; a flow whose values were revealed goes on only once its audit rows are committed."""
+
     def __init__(self, vault: Vault, readers: int = 4) -> None:
         self.vault = vault
-        self._jobs: queue.SimpleQueue[tuple[FlowTokenize, Future[FlowTokens]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="tokenbunker-writer", daemon=True)
         self._writer.start()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tokenbunker-reader")
 
     async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens:
-        future: Future[FlowTokens] = Future()
+        future: Future[Any] = Future()
         self._jobs.put((FlowTokenize(subject, items), future))
-        return await asyncio.wrap_future(future)
+        result: FlowTokens = await asyncio.wrap_future(future)
+        return result
 
     async def detokenize(
-        self, tokens: Sequence[str], reveal: str, purpose: str | None
+        self, tokens: Sequence[str], reveal: str, purpose: str | None, route: str | None = None
     ) -> tuple[list[str | None], list[str | None]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.vault.detokenize_explained, tokens, reveal, purpose)
+        values, reasons, rows = await loop.run_in_executor(
+            self._readers, functools.partial(self.vault.reveal, tokens, reveal, purpose, by=ACTOR, route=route))
+        if rows:
+            future: Future[Any] = Future()
+            self._jobs.put((rows, future))
+            await asyncio.wrap_future(future)
+        return values, reasons
 
     def _write_loop(self) -> None:
         while True:
@@ -68,12 +81,28 @@ class InProcessVault:
                     self._jobs.put(None)  # finish this batch, then stop
                     break
                 batch.append(more)
-            try:
-                results: list[FlowTokens | VaultError] = self.vault.tokenize_flows([flow for flow, _ in batch])
-            except BaseException as exc:  # the whole group failed (database down): every flow hears it
-                results = [exc if isinstance(exc, VaultError) else Unavailable("vault error")] * len(batch)
-            for (_, future), result in zip(batch, results, strict=True):
-                _settle(future, result)
+            flows = [(work, future) for work, future in batch if isinstance(work, FlowTokenize)]
+            audits = [(work, future) for work, future in batch if not isinstance(work, FlowTokenize)]
+            if flows:
+                self._commit(flows, self._tokenize)
+            if audits:
+                self._commit(audits, self._record)
+
+    def _tokenize(self, flows: list[Any]) -> Sequence[Any]:
+        return self.vault.tokenize_flows(flows, by=ACTOR)
+
+    def _record(self, groups: list[Any]) -> Sequence[Any]:
+        self.vault.record_audit([row for rows in groups for row in rows])
+        return [None] * len(groups)
+
+    @staticmethod
+    def _commit(jobs: list[_Job], work: Callable[[list[Any]], Sequence[Any]]) -> None:
+        try:
+            results: Sequence[Any] = work([item for item, _ in jobs])
+        except BaseException as exc:  # the whole group failed (database down): every flow hears it
+            results = [exc if isinstance(exc, VaultError) else Unavailable("vault error")] * len(jobs)
+        for (_, future), result in zip(jobs, results, strict=True):
+            _settle(future, result)
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -82,7 +111,10 @@ class InProcessVault:
         self.vault.close()
 
 
-def _settle(future: Future[FlowTokens], result: FlowTokens | BaseException) -> None:
+_Job = tuple[FlowTokenize | Sequence[Event], Future[Any]]
+
+
+def _settle(future: Future[Any], result: Any) -> None:
     """Answer a waiting flow; one that went away meanwhile (its client hung up, so its future was cancelled) is
     skipped rather than allowed to stop the writer thread that serves every other flow."""
     try:
@@ -120,11 +152,13 @@ class HttpVault:
         return FlowTokens(answer.get("subject"), list(answer["tokens"]))
 
     async def detokenize(
-        self, tokens: Sequence[str], reveal: str, purpose: str | None
+        self, tokens: Sequence[str], reveal: str, purpose: str | None, route: str | None = None
     ) -> tuple[list[str | None], list[str | None]]:
         body: dict[str, Any] = {"tokens": list(tokens), "reveal": reveal, "explain": True}
         if purpose is not None:
             body["purpose"] = purpose
+        if route is not None:
+            body["route"] = route  # named in the vault's audit trail
         answer = await self._call("/v1/detokenize", body)
         return list(answer["values"]), list(answer["reasons"])
 

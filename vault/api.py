@@ -109,7 +109,7 @@ def tokenize() -> Response:
         raise BadInput("'subject' must be {\"index\": \"email|phone|login|custom\", \"value\": \"...\"}")
     if any(r.subject for r in reqs):
         raise BadInput("items cannot name their own subject when the call names one")
-    [result] = vault.tokenize_flows([FlowTokenize((subject["index"], subject["value"]), reqs)])
+    [result] = vault.tokenize_flows([FlowTokenize((subject["index"], subject["value"]), reqs)], by=actor())
     if isinstance(result, VaultError):
         raise result
     return jsonify(status="ok", tokens=result.tokens, subject=result.person)
@@ -119,7 +119,7 @@ def tokenize() -> Response:
 @requires("detokenize")
 def detokenize() -> Response:
     body = object_body()
-    unknown = set(body) - {"tokens", "reveal", "purpose", "explain"}
+    unknown = set(body) - {"tokens", "reveal", "purpose", "explain", "route"}
     if unknown:
         raise BadInput(f"unknown key '{sorted(unknown)[0][:40]}'")
     token_list = list_field(body, "tokens")
@@ -131,8 +131,11 @@ def detokenize() -> Response:
     purpose = body.get("purpose")
     if purpose is not None and not isinstance(purpose, str):
         raise BadInput("'purpose' must be a string")
+    route = body.get("route")  # ours: the sidecar route asking, for the audit trail
+    if route is not None and (not isinstance(route, str) or not 0 < len(route) <= 128):
+        raise BadInput("'route' must be a route name of at most 128 characters")
     values, reasons = state().vault.detokenize_explained(token_list, reveal, purpose, g.grant.detokenize_kinds,
-                                                                by=actor())
+                                                                by=actor(), route=route)
     if body.get("explain") is True:
         return jsonify(status="ok", values=values, reasons=reasons)
     return jsonify(status="ok", values=values)

@@ -169,9 +169,10 @@ class Vault:
         # digits token collided): the next round finds theirs, or draws again.
         return self._run_write(work, retry_integrity=True)
 
-    def tokenize_flows(self, flows: Sequence[FlowTokenize]) -> list[FlowTokens | VaultError]:
+    def tokenize_flows(self, flows: Sequence[FlowTokenize], *, by: str | None = None) -> list[FlowTokens | VaultError]:
         """Several flows' tokens in one transaction (group commit), each flow's values owned by its subject, found
-        or created here. A flow whose subject is malformed fails alone; the others go on."""
+        or created here. A flow whose subject is malformed fails alone; the others go on. With `by`, each flow that
+        made tokens is audited (who, the route, the kinds)."""
         results: list[FlowTokens | VaultError] = []
         wanted: list[tuple[int, str | None, str | None]] = []  # flow index, index mode, normalised value
         for i, flow in enumerate(flows):
@@ -214,6 +215,8 @@ class Vault:
             out = list(results)
             for i, person, start, end in spans:
                 out[i] = FlowTokens(person, made[start:end])
+            if by is not None:
+                self._audit(conn, tokenize_events(flows, spans, owner_keys, conn, by))
             return out
 
         if not wanted:
@@ -231,17 +234,29 @@ class Vault:
     ) -> tuple[list[str | None], list[str | None]]:
         """Values, and for each missing one why: "unknown", "consent" or "scope" (not one of `kinds`).
         With `by`, the reveals (and refusals for consent) are audited: one row per person, the kinds involved."""
+        values, reasons, rows = self.reveal(token_list, reveal, purpose, kinds, by=by, route=route)
+        if rows:
+            self.record_audit(rows)
+        return values, reasons
+
+    def reveal(
+        self, token_list: Sequence[str], reveal: str = "plain", purpose: str | None = None,
+        kinds: frozenset[str] | None = None, *, by: str | None = None, route: str | None = None,
+    ) -> tuple[list[str | None], list[str | None], list[audit.Event]]:
+        """As detokenize_explained, but the audit rows are handed back for the caller to record (the sidecar
+        records them in its group-commit writer, together with other flows')."""
         if purpose is not None:
             consents.check_brief(purpose)
         if not token_list:
-            return [], []
+            return [], [], []
         seen: list[tuple[str | None, str, str, bool]] | None = [] if by is not None else None
         with self._read() as conn:
-            out = tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), purpose, kinds, seen)
-        if seen:
-            self._run_write(lambda conn: self._audit(conn, reveal_events(seen, by or LIBRARY, reveal, purpose,
-                                                                         route)))
-        return out
+            values, reasons = tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), purpose, kinds, seen)
+        rows = reveal_events(seen, by, reveal, purpose, route) if seen and by is not None else []
+        return values, reasons, rows
+
+    def record_audit(self, rows: Sequence[audit.Event]) -> None:
+        self._run_write(lambda conn: self._audit(conn, rows))
 
     def token_info(self, token: str) -> TokenInfo:
         with self._read() as conn:
@@ -377,6 +392,22 @@ class Vault:
         with self._read() as conn:
             ref = people.find(conn, self.keyring, mode, ident, self.default_country)
             return consents.get(conn, ref.id, brief, self.now())
+
+
+def tokenize_events(flows: Sequence[FlowTokenize], spans: Sequence[tuple[int, str | None, int, int]],
+                    owner_keys: dict[str, str], conn: Connection, by: str) -> list[audit.Event]:
+    """One audit row per flow that made tokens: whose, by which route, which kinds (never the values)."""
+    rows = []
+    for i, person, start, end in spans:
+        if end == start:
+            continue
+        items = flows[i].items
+        key_id = owner_keys.get(person) if person else None
+        if person and key_id is None:
+            key_id = people.data_key_of(conn, person)
+        rows.append(audit.Event(by, "tokenize", person, key_id, "ok", items[0].route,
+                                {"kinds": sorted({r.kind for r in items}), "count": len(items)}))
+    return rows
 
 
 def reveal_events(seen: Sequence[tuple[str | None, str, str, bool]], by: str, reveal: str, purpose: str | None,

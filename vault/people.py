@@ -117,6 +117,10 @@ def resolve_many(
     return out
 
 
+def data_key_of(conn: Connection, person_id: str) -> str | None:
+    return conn.execute(select(people.c.data_key_id).where(people.c.id == person_id)).scalar()
+
+
 def exists(conn: Connection, person_id: str) -> str | None:
     row = conn.execute(select(people.c.id).where(people.c.id == person_id)).first()
     return None if row is None else str(row.id)

@@ -197,6 +197,26 @@ def test_require_consent_blocks_with_403_until_consent_is_given(proxy: Proxy) ->
     assert error_of(flow)[0] == 403
 
 
+def test_the_sidecar_audits_what_it_tokenized_and_revealed_by_route(proxy: Proxy) -> None:
+    from sqlalchemy import select
+
+    from vault.models import audit_table
+
+    phone = _phone_token_of_jo(proxy)
+    person, _profile = proxy.vault.get_person("email", "jo@example.com")
+    raw = json.dumps({"to": phone, "text": "hello"})
+    headers = {"Content-Type": "application/json"}
+    assert error_of(proxy.request(make_flow("POST", f"{SMS}/send", raw, headers)))[0] == 403
+    proxy.vault.give_consent("sms", "email", "jo@example.com")
+    assert proxy.request(make_flow("POST", f"{SMS}/send", raw, headers)).response is None
+    with proxy.vault.engine.connect() as conn:
+        rows = [r for r in conn.execute(select(audit_table).order_by(audit_table.c.seq)) if r.actor == "sidecar"]
+    assert [(r.action, r.route, r.status, r.person_id) for r in rows] == [
+        ("tokenize", "signup", "ok", person), ("reveal", "sms", "refused", person), ("reveal", "sms", "ok", person),
+    ]
+    assert all(b"900123" not in (r.detail or b"") for r in rows)
+
+
 def test_missing_consent_blocks_even_when_on_error_is_pass(proxy: Proxy) -> None:
     phone = _phone_token_of_jo(proxy)
     flow = proxy.request(json_flow(f"{SMS}/send-pass", {"to": phone}))

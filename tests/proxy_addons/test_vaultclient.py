@@ -32,13 +32,13 @@ class CountingFlows:
         self.hold_first = hold_first
         self.fail = fail
 
-    def __call__(self, flows: Sequence[FlowTokenize]) -> Any:
+    def __call__(self, flows: Sequence[FlowTokenize], **kwargs: Any) -> Any:
         if not self.batches and self.hold_first is not None:
             assert self.hold_first.wait(10)
         self.batches.append(len(flows))
         if self.fail:
             raise RuntimeError("the database went away, with a value in this message: jo@example.com")
-        return self.real(flows)
+        return self.real(flows, **kwargs)
 
 
 @pytest.fixture
