@@ -15,6 +15,7 @@ from vault.core import FlowTokenize, Vault
 from vault.durations import parse_expiry
 from vault.errors import BadInput, TooLarge, Unavailable, VaultError
 from vault.identity import INDEX_MODES
+from vault.notify import Notifier
 from vault.tokens import TokenRequest
 from vault.web import EXT, ApiState, actor, error, list_field, object_body, request_body, requires, state
 
@@ -27,16 +28,16 @@ probes = Blueprint("probes", __name__)
 
 
 def create_app(vault: Vault, *, root_token_hash: bytes, max_body_bytes: int = 4 << 20, max_batch: int = 1000,
-               scrubber: Any = None, config: Config | None = None) -> Flask:
+               scrubber: Any = None, config: Config | None = None, notifier: Notifier | None = None) -> Flask:
     app = Flask("tokenbunker")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXT] = ApiState(vault, root_token_hash, max_batch, scrubber, config)
+    app.extensions[EXT] = ApiState(vault, root_token_hash, max_batch, scrubber, config, notifier)
     # Imported here: each blueprint module imports this one's neighbours, not the other way round.
-    from vault import api_audit, api_consent, api_records, api_requests
+    from vault import api_audit, api_consent, api_login, api_records, api_requests
 
     app.register_blueprint(v1)
-    for blueprint in (api_records.bp, api_consent.bp, api_requests.bp, api_audit.bp):
+    for blueprint in (api_records.bp, api_consent.bp, api_requests.bp, api_audit.bp, api_login.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(probes)
     app.register_error_handler(VaultError, _vault_error)

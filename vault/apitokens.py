@@ -22,6 +22,8 @@ SCOPES = ("tokenize", "detokenize", "tokens:read", "tokens:write", "users:read",
 _KINDS = re.compile(r"^detokenize:([a-z][a-z0-9_-]{0,31}(?:,[a-z][a-z0-9_-]{0,31})*)$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,63}$")
 PREFIX = "tbx_"
+# What a person's own session may do, and only on their own records (vault/web.py checks whose they are).
+SELF_SCOPES = frozenset({"users:read", "users:write", "consent", "audit:read"})
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,15 @@ class Grant:
     name: str
     scopes: frozenset[str]
     detokenize_kinds: frozenset[str] | None  # None: every kind (or no detokenize at all: see allows)
+    person: str | None = None  # a person's own session (/v1/login): acts only on that person's records
 
     @classmethod
     def root(cls) -> Grant:
         return cls("root", "root", frozenset(SCOPES) | {"root"}, None)
+
+    @classmethod
+    def self_service(cls, session_id: str, person: str) -> Grant:
+        return cls(session_id, "self", SELF_SCOPES, frozenset(), person)
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or (scope == "detokenize" and self.detokenize_kinds is not None)

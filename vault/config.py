@@ -123,11 +123,35 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "rules": Field("list", None, optional=True),  # None: use proxy.rules
     },
     "notify": {
+        # Development: messages to people are appended to this file as JSON lines instead of being sent.
         "outbox": Field("str", None, optional=True),
+        "email_from": Field("str", "Tokenbunker <no-reply@localhost>"),
+        "smtp_host": Field("str", None, optional=True),
+        "smtp_port": Field("int", 587, min=1, max=65535),
+        "smtp_security": Field("str", "starttls", check=lambda v: v in ("starttls", "tls", "none"),
+                               expect="starttls, tls or none"),
+        "smtp_user": Field("str", None, optional=True),
+        "smtp_password": Field("str", None, optional=True, secret=True, warn_in_file=True),
+        # An SMS gateway over HTTP (as Databunker's): {to} and {body} are replaced, JSON-escaped in a JSON template.
+        "sms_url": Field("str", None, optional=True, check=lambda v: "://" in v, expect=_URL),
+        "sms_body": Field("str", '{"to": "{to}", "text": "{body}"}'),
+        "sms_content_type": Field("str", "application/json"),
+        "sms_auth_header": Field("str", None, optional=True, secret=True, warn_in_file=True),
+        "timeout": Field("str", "10s", check=_parses(parse_duration), expect="a duration such as 10s"),
     },
     "portal": {
         "enabled": Field("bool", True),
         "title": Field("str", "Tokenbunker privacy portal"),
+    },
+    "login": {
+        # Passwordless login (one-time codes), for the portal and /v1/prelogin + /v1/login.
+        "code_ttl": Field("str", "10m", check=_parses(parse_duration), expect="a duration such as 10m"),
+        "max_attempts": Field("int", 5, min=1, max=100),  # wrong codes before the identity is locked
+        "lockout": Field("str", "15m", check=_parses(parse_duration), expect="a duration such as 15m"),
+        "codes_per_hour": Field("int", 5, min=1, max=1000),  # codes sent to one identity per hour
+        "client_per_hour": Field("int", 30, min=1, max=100000),  # login calls from one client address per hour
+        "session_idle": Field("str", "30m", check=_parses(parse_duration), expect="a duration such as 30m"),
+        "session_absolute": Field("str", "12h", check=_parses(parse_duration), expect="a duration such as 12h"),
     },
 }
 
@@ -184,6 +208,28 @@ class ScrubSettings:
 @dataclass(frozen=True)
 class NotifySettings:
     outbox: str | None
+    email_from: str = "Tokenbunker <no-reply@localhost>"
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    sms_url: str | None = None
+    sms_body: str = '{"to": "{to}", "text": "{body}"}'
+    sms_content_type: str = "application/json"
+    sms_auth_header: str | None = field(default=None, repr=False)
+    timeout: str = "10s"
+
+
+@dataclass(frozen=True)
+class LoginSettings:
+    code_ttl: str = "10m"
+    max_attempts: int = 5
+    lockout: str = "15m"
+    codes_per_hour: int = 5
+    client_per_hour: int = 30
+    session_idle: str = "30m"
+    session_absolute: str = "12h"
 
 
 @dataclass(frozen=True)
@@ -202,6 +248,7 @@ class Config:
     scrub: ScrubSettings
     notify: NotifySettings
     portal: PortalSettings
+    login: LoginSettings = field(default_factory=LoginSettings)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -212,7 +259,7 @@ class Config:
 
 _SECTIONS: dict[str, type] = {
     "vault": VaultSettings, "api": ApiSettings, "proxy": ProxySettings, "demo": DemoSettings,
-    "scrub": ScrubSettings, "notify": NotifySettings, "portal": PortalSettings,
+    "scrub": ScrubSettings, "notify": NotifySettings, "portal": PortalSettings, "login": LoginSettings,
 }
 
 

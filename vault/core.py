@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from vault import apitokens, audit, consents, events, people, tokens
+from vault import apitokens, audit, consents, events, login, people, tokens
 from vault.datakeys import SHARED_KEY_ID, DataKeys
 from vault.db import READ_OPTION, WRITE_OPTION, make_engine
-from vault.errors import BadInput, Conflict, Unavailable, VaultError, WrongKey
+from vault.errors import BadInput, Conflict, NotFound, RateLimited, Unavailable, VaultError, WrongKey
 from vault.formats import TOKEN_PATTERN
 from vault.identity import INDEX_MODES, IdentityError, normalize
 from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
@@ -288,6 +288,14 @@ class Vault:
         except IntegrityError:
             raise Conflict("duplicate index") from None
 
+    def person_id_of(self, mode: str, ident: str) -> str | None:
+        """The uuid of the person `mode`/`ident` names, or None (no audit row: nothing about them is read)."""
+        try:
+            with self._read() as conn:
+                return people.find(conn, self.keyring, mode, ident, self.default_country).id
+        except (BadInput, NotFound):
+            return None
+
     def get_person(self, mode: str, ident: str, *, by: str = LIBRARY) -> tuple[str, dict[str, Any]]:
         def work(conn: Connection) -> tuple[str, dict[str, Any]]:
             ref = people.find(conn, self.keyring, mode, ident, self.default_country)
@@ -317,6 +325,7 @@ class Vault:
         def work(conn: Connection) -> str:
             ref = people.find(conn, self.keyring, mode, ident, self.default_country)
             removed = people.forget(conn, self.keys, ref, self.now())
+            login.close_all(conn, ref.id)
             # Recorded after the key is gone: the row names the person's uuid and counts, nothing readable.
             self._audit(conn, [audit.Event(by, "forget", ref.id, None, detail={"tokens": removed})])
             events.enqueue(conn, "forgetme", {"token": ref.id}, self.now())
@@ -362,6 +371,51 @@ class Vault:
             self._grants.clear()
         self._grants[token_hash] = (grant, now)
         return grant
+
+    # -- passwordless login (vault/login.py) -------------------------------------------------------------------
+
+    def request_login_code(self, mode: str, ident: str, client: str, policy: login.Policy) -> tuple[str, str] | None:
+        """A one-time code for a known identity: (normalised address, code) for the caller to send; None when the
+        identity is unknown. Raises RateLimited past the limits, for known and unknown identities alike."""
+        def work(conn: Connection) -> tuple[str, str] | RateLimited | None:
+            made = login.request_code(conn, self.keyring, mode, ident, client, self.default_country, policy,
+                                      self.now())
+            if isinstance(made, tuple):
+                person, address, code = made
+                key_id = people.data_key_of(conn, person)
+                self._audit(conn, [audit.Event(f"login:{mode}", "login", person, key_id, "code-sent")])
+                return address, code
+            return made
+
+        result = self._run_write(work)
+        if isinstance(result, RateLimited):
+            raise result
+        return result
+
+    def login(self, mode: str, ident: str, code: str, client: str, policy: login.Policy) -> tuple[str, str]:
+        """Exchange a code for a session: (person uuid, session token)."""
+        def work(conn: Connection) -> tuple[str, str] | VaultError:
+            person = login.check_code(conn, self.keyring, mode, ident, code, client, self.default_country, policy,
+                                      self.now())
+            if isinstance(person, VaultError):
+                return person
+            _session_id, token = login.open_session(conn, self.keyring, person, policy, self.now())
+            self._audit(conn, [audit.Event(f"login:{mode}", "login", person, people.data_key_of(conn, person))])
+            return person, token
+
+        result = self._run_write(work)
+        if isinstance(result, VaultError):
+            raise result
+        return result
+
+    def person_session(self, token: str, policy: login.Policy) -> tuple[str, str] | None:
+        """(session id, person uuid) for a live session token, else None (idle, expired, logged out, forgotten)."""
+        digest = self.keyring.api_token_hash(token)
+        return self._run_write(lambda conn: login.find_session(conn, digest, policy, self.now()))
+
+    def logout(self, token: str) -> bool:
+        digest = self.keyring.api_token_hash(token)
+        return self._run_write(lambda conn: login.close_session(conn, digest))
 
     # -- consents ---------------------------------------------------------------------------------------------
 
@@ -444,7 +498,7 @@ class _Transient(Unavailable):
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
 
 
-SCHEMA_HEAD = "0008"  # the newest migration; tests/vault/test_migrations.py keeps this in step
+SCHEMA_HEAD = "0009"  # the newest migration; tests/vault/test_migrations.py keeps this in step
 
 
 def _schema_is_current(engine: Engine) -> bool:

@@ -54,3 +54,9 @@ class WrongKey(VaultError):
 
 class Tampered(VaultError):
     """A stored ciphertext failed authentication: it was altered, swapped between rows, or the key is wrong."""
+
+
+class RateLimited(VaultError):
+    """Too many attempts: the message says when to try again (never whose identity)."""
+
+    status = 429

@@ -168,3 +168,43 @@ class OutboxEvent(Base):
 
 
 outbox_table = cast(Table, OutboxEvent.__table__)
+
+
+class LoginCode(Base):
+    """The one-time login code waiting for an identity (email or phone, by keyed hash): only a keyed hash of the
+    code is kept, it expires in minutes, is used once, and dies after a few wrong tries."""
+
+    __tablename__ = "tb_login_codes"
+    identity: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    person_id: Mapped[str] = mapped_column(String(36))
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer)
+
+
+class RateLimit(Base):
+    """Counters for login attempts per identity and per client (keyed hashes), shared by every replica."""
+
+    __tablename__ = "tb_rate_limits"
+    key: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer)
+    locked_until: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class PersonSession(Base):
+    """A person's logged-in session (the portal's cookie, or the xtoken /v1/login answers): only its keyed hash
+    is kept. It ends when idle too long, at its absolute expiry, or at logout."""
+
+    __tablename__ = "tb_person_sessions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    person_id: Mapped[str] = mapped_column(String(36), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    last_seen: Mapped[int] = mapped_column(BigInteger)
+
+
+login_codes_table = cast(Table, LoginCode.__table__)
+rate_limits_table = cast(Table, RateLimit.__table__)
+person_sessions_table = cast(Table, PersonSession.__table__)

@@ -17,9 +17,11 @@ from urllib.parse import parse_qs
 from flask import Response, current_app, g, jsonify, request
 
 from vault.apitokens import Grant
-from vault.config import Config
+from vault.config import Config, LoginSettings, parse_duration
 from vault.core import Vault
 from vault.errors import BadInput, Forbidden, TooLarge, Unauthorized
+from vault.login import SESSION_PREFIX, Policy
+from vault.notify import Notifier
 
 EXT = "tokenbunker"
 
@@ -28,9 +30,12 @@ class ApiState:
     """What the API needs, kept in app.extensions (no module globals)."""
 
     def __init__(self, vault: Vault, root_token_hash: bytes, max_batch: int, scrubber: Any = None,
-                 config: Config | None = None) -> None:
+                 config: Config | None = None, notifier: Notifier | None = None) -> None:
         self.vault = vault
         self.config = config  # the loaded config.yaml, when served by `tokenbunker serve` (None in some tests)
+        if notifier is None:
+            notifier = Notifier.from_settings(config.notify) if config is not None else Notifier(None, None)
+        self.notifier = notifier
         self.root_token_hash = root_token_hash
         self.max_batch = max_batch
         self.scrubber = scrubber  # a rules.scrub.LogScrubber, or None when no log rules are configured
@@ -47,7 +52,8 @@ def error(status: int, message: str) -> tuple[Response, int]:
 
 
 def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Every /v1 endpoint names the scope it needs: the root token holds them all, a scoped token only its own."""
+    """Every /v1 endpoint names the scope it needs: the root token holds them all, a scoped token only its own, and
+    a person's session (from /v1/login) only its few, on views that name that same person."""
 
     def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
@@ -56,22 +62,58 @@ def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             api = state()
             if not given:
                 raise Unauthorized("missing or invalid X-Bunker-Token")
-            digest = api.vault.keyring.api_token_hash(given)
-            if hmac.compare_digest(digest, api.root_token_hash):
-                grant = Grant.root()
-            else:
-                found = api.vault.grant_for(digest)
-                if found is None:
-                    raise Unauthorized("missing or invalid X-Bunker-Token")
-                grant = found
+            grant = _grant_for(api, given)
             if not grant.allows(scope):
                 raise Forbidden(f"this token lacks the scope '{scope}'")
+            if grant.person is not None:
+                _check_own(api, grant.person, kwargs)
             g.grant = grant
             return view(*args, **kwargs)
 
         return checked
 
     return wrap
+
+
+def _grant_for(api: ApiState, given: str) -> Grant:
+    digest = api.vault.keyring.api_token_hash(given)
+    if hmac.compare_digest(digest, api.root_token_hash):
+        return Grant.root()
+    if given.startswith(SESSION_PREFIX):
+        found = api.vault.person_session(given, login_policy())
+        if found is None:
+            raise Unauthorized("missing or invalid X-Bunker-Token")
+        return Grant.self_service(*found)
+    grant = api.vault.grant_for(digest)
+    if grant is None:
+        raise Unauthorized("missing or invalid X-Bunker-Token")
+    return grant
+
+
+# Views whose person is named by a uuid in the path rather than by {mode}/{ident}.
+_PERSON_ARGS = ("person", "token")
+
+
+def _check_own(api: ApiState, person: str, kwargs: dict[str, Any]) -> None:
+    """A person's session acts on its own records only, whatever the path says; anything else is 403 (not 404:
+    whether another person exists is not theirs to learn)."""
+    if "mode" in kwargs and "ident" in kwargs:
+        if api.vault.person_id_of(kwargs["mode"], kwargs["ident"]) == person:
+            return
+    elif any(kwargs.get(name) == person for name in _PERSON_ARGS):
+        return
+    raise Forbidden("a person's session may act only on that person's own records")
+
+
+def login_policy() -> Policy:
+    config = state().config
+    settings = config.login if config is not None else LoginSettings()
+    return Policy(
+        code_ttl=parse_duration(settings.code_ttl), max_attempts=settings.max_attempts,
+        lockout=parse_duration(settings.lockout), codes_per_hour=settings.codes_per_hour,
+        client_per_hour=settings.client_per_hour, session_idle=parse_duration(settings.session_idle),
+        session_absolute=parse_duration(settings.session_absolute),
+    )
 
 
 def request_body() -> Any:
@@ -111,6 +153,8 @@ def list_field(body: dict[str, Any], name: str) -> list[Any]:
 def actor() -> str:
     """Who is acting, as the audit trail names them: "root", or the scoped token's name and id (never the token)."""
     grant: Grant = g.grant
+    if grant.person is not None:
+        return "self"
     return "root" if grant.id == "root" else f"xtoken:{grant.name}:{grant.id}"
 
 

@@ -1,0 +1,55 @@
+"""API: passwordless login (/v1/prelogin, /v1/login, /v1/logout). A thin layer over the vault (see vault/web.py).
+
+/v1/prelogin answers the same for every identity, known or not; /v1/login answers the same for a wrong code, an
+expired one and an unknown identity. Both count against limits per identity and per client address.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from vault.errors import Unauthorized, Unavailable
+from vault.login import LOGIN_MODES, SESSION_PREFIX
+from vault.notify import Message
+from vault.web import login_policy, state
+
+bp = Blueprint("login", __name__, url_prefix="/v1")
+
+
+def _client() -> str:
+    return request.remote_addr or "unknown"
+
+
+@bp.get("/prelogin/<mode>/<ident>")
+@bp.get("/prelogin/<mode>/<ident>/<path:captcha>")
+def prelogin(mode: str, ident: str, captcha: str | None = None) -> Response:
+    """Send a one-time code (the captcha segments Databunker takes are accepted and ignored: limits stand in)."""
+    api = state()
+    channel = "email" if mode == "email" else "sms"
+    if mode in LOGIN_MODES and not api.notifier.can_send(channel):
+        raise Unavailable(f"no {channel} sender is configured (notify.*): login codes cannot be sent")
+    policy = login_policy()
+    made = api.vault.request_login_code(mode, ident, _client(), policy)
+    if made is not None:
+        address, code = made
+        minutes = max(1, policy.code_ttl // 60)
+        title = api.config.portal.title if api.config is not None else "Tokenbunker"
+        api.notifier.send(Message(address, channel, f"{title}: your login code",
+                                  f"Your login code is {code}. It expires in {minutes} minutes and works once.\n"
+                                  "If you did not ask for it, ignore this message."))
+    return jsonify(status="ok", result="code-sent")
+
+
+@bp.get("/login/<mode>/<ident>/<code>")
+def login(mode: str, ident: str, code: str) -> Response:
+    person, token = state().vault.login(mode, ident, code, _client(), login_policy())
+    return jsonify(status="ok", xtoken=token, token=person)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """Ours: end the session whose token is given (a person's xtoken from /v1/login)."""
+    given = request.headers.get("X-Bunker-Token", "")
+    if not given.startswith(SESSION_PREFIX) or not state().vault.logout(given):
+        raise Unauthorized("missing or invalid X-Bunker-Token")
+    return jsonify(status="ok", result="done")

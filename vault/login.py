@@ -1,0 +1,181 @@
+"""Passwordless login: one-time codes by email or SMS, limits on tries, and the sessions a login opens.
+
+The counters must survive the refusal they cause, so these functions return the refusal (an exception object)
+instead of raising it inside the transaction, which would roll the counting back; the Vault raises it after the
+commit. Nothing here may tell a caller whether an identity is known: a code is "sent" for every identity (only known
+ones get a message), limits count unknown identities exactly like known ones, and a wrong code for an unknown
+identity fails like a wrong code for a known one. Codes, session tokens, identities and client addresses are kept
+only as keyed hashes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from vault.errors import BadInput, RateLimited, Unauthorized
+from vault.identity import IdentityError, normalize
+from vault.keys import KeyRing
+from vault.models import login_codes_table as codes
+from vault.models import people_table as people
+from vault.models import person_sessions_table as sessions
+from vault.models import rate_limits_table as limits
+
+LOGIN_MODES = ("email", "phone")
+CODE_DIGITS = 6
+SESSION_PREFIX = "tbs_"
+_HOUR = 3600
+_WRONG = "the code is wrong or has expired; ask for a new one"
+
+
+@dataclass(frozen=True)
+class Policy:
+    code_ttl: int = 600
+    max_attempts: int = 5
+    lockout: int = 900
+    codes_per_hour: int = 5
+    client_per_hour: int = 30
+    session_idle: int = 1800
+    session_absolute: int = 43200
+
+
+def identity_of(keyring: KeyRing, mode: str, ident: str, country: str) -> tuple[str, bytes]:
+    """The normalised identity and its keyed hash (the same hash people's indexes use)."""
+    if mode not in LOGIN_MODES:
+        raise BadInput("log in by email or phone")
+    try:
+        value = normalize(mode, ident, country)
+    except IdentityError as exc:
+        raise BadInput(str(exc)) from None
+    return value, keyring.lookup_hash(f"idx|{mode}", value)
+
+
+def _limit_key(keyring: KeyRing, scope: str, value: bytes | str) -> bytes:
+    raw = value.hex() if isinstance(value, bytes) else value
+    return keyring.lookup_hash(f"limit|{scope}", raw)
+
+
+def _locked(until: int, now: int) -> RateLimited:
+    minutes = max(1, (until - now + 59) // 60)
+    return RateLimited(f"too many attempts; try again in {minutes} minute{'s' if minutes > 1 else ''}")
+
+
+def _check_lock(conn: Connection, key: bytes, now: int) -> RateLimited | None:
+    row = conn.execute(select(limits.c.locked_until).where(limits.c.key == key)).first()
+    if row is not None and row.locked_until is not None and row.locked_until > now:
+        return _locked(row.locked_until, now)
+    return None
+
+
+def _count(conn: Connection, key: bytes, now: int, per_hour: int, lockout: int) -> RateLimited | None:
+    """One more attempt under `key`; past `per_hour` in the current hour the key is locked for `lockout`."""
+    if (refused := _check_lock(conn, key, now)) is not None:
+        return refused
+    row = conn.execute(select(limits.c.window_start, limits.c.count).where(limits.c.key == key)).first()
+    if row is None:
+        conn.execute(insert(limits).values(key=key, window_start=now, count=1, locked_until=None))
+    elif now - row.window_start >= _HOUR:
+        conn.execute(update(limits).where(limits.c.key == key).values(window_start=now, count=1, locked_until=None))
+    elif row.count + 1 > per_hour:
+        conn.execute(update(limits).where(limits.c.key == key).values(locked_until=now + lockout))
+        return _locked(now + lockout, now)
+    else:
+        conn.execute(update(limits).where(limits.c.key == key).values(count=row.count + 1))
+    return None
+
+
+def _code_hash(keyring: KeyRing, identity: bytes, code: str) -> bytes:
+    return keyring.lookup_hash("login-code", identity.hex() + ":" + code)
+
+
+def request_code(conn: Connection, keyring: KeyRing, mode: str, ident: str, client: str, country: str,
+                 policy: Policy, now: int) -> tuple[str, str, str] | RateLimited | None:
+    """A new code for a known identity: (person uuid, normalised address, code) to send; None for an unknown one.
+    Either way the same limits count, so the caller's answer can be the same."""
+    value, identity = identity_of(keyring, mode, ident, country)
+    for scope, key, per_hour in (("client", client, policy.client_per_hour),
+                                 ("send", identity, policy.codes_per_hour)):
+        if (refused := _count(conn, _limit_key(keyring, scope, key), now, per_hour, policy.lockout)) is not None:
+            return refused
+    column = people.c[f"{mode}_idx"]
+    person = conn.execute(select(people.c.id).where(column == identity)).scalar()
+    if person is None:
+        return None
+    code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+    conn.execute(delete(codes).where(codes.c.identity == identity))
+    conn.execute(insert(codes).values(identity=identity, person_id=person, attempts=0,
+                                      code_hash=_code_hash(keyring, identity, code), expires_at=now + policy.code_ttl))
+    return person, value, code
+
+
+def check_code(conn: Connection, keyring: KeyRing, mode: str, ident: str, code: str, client: str, country: str,
+               policy: Policy, now: int) -> str | RateLimited | Unauthorized:
+    """The person whose code this is; the code is used up. A wrong code counts against the identity, and after
+    `max_attempts` the identity is locked (known or not: the answers are the same)."""
+    _value, identity = identity_of(keyring, mode, ident, country)
+    guess_key = _limit_key(keyring, "guess", identity)
+    if (refused := _check_lock(conn, guess_key, now)) is not None:
+        return refused
+    client_key = _limit_key(keyring, "client", client)
+    if (refused := _count(conn, client_key, now, policy.client_per_hour, policy.lockout)) is not None:
+        return refused
+    row = conn.execute(select(codes).where(codes.c.identity == identity)).first()
+    good = (row is not None and row.expires_at > now and isinstance(code, str) and code.isdigit()
+            and hmac.compare_digest(_code_hash(keyring, identity, code), row.code_hash))
+    if row is not None and good:
+        conn.execute(delete(codes).where(codes.c.identity == identity))
+        conn.execute(delete(limits).where(limits.c.key == guess_key))
+        return str(row.person_id)
+    if row is not None and row.attempts + 1 >= policy.max_attempts:
+        conn.execute(delete(codes).where(codes.c.identity == identity))  # this code can no longer be guessed
+    elif row is not None:
+        conn.execute(update(codes).where(codes.c.identity == identity).values(attempts=row.attempts + 1))
+    # The wrong guesses of an identity are counted whether it is known or not.
+    failures = conn.execute(select(limits).where(limits.c.key == guess_key)).first()
+    if failures is None or now - failures.window_start >= _HOUR or failures.locked_until is not None:
+        # A new hour, or a lockout served: the count starts again.
+        conn.execute(delete(limits).where(limits.c.key == guess_key))
+        conn.execute(insert(limits).values(key=guess_key, window_start=now, count=1, locked_until=None))
+        count = 1
+    else:
+        count = failures.count + 1
+        conn.execute(update(limits).where(limits.c.key == guess_key).values(count=count))
+    if count >= policy.max_attempts:
+        conn.execute(update(limits).where(limits.c.key == guess_key).values(locked_until=now + policy.lockout))
+        return _locked(now + policy.lockout, now)
+    return Unauthorized(_WRONG)
+
+
+def open_session(conn: Connection, keyring: KeyRing, person_id: str, policy: Policy, now: int) -> tuple[str, str]:
+    """A new session for the person: (session id, token). Only the token's keyed hash is stored."""
+    session_id = str(uuid.uuid4())
+    token = SESSION_PREFIX + secrets.token_urlsafe(32)
+    conn.execute(insert(sessions).values(id=session_id, token_hash=keyring.api_token_hash(token), person_id=person_id,
+                                         created_at=now, expires_at=now + policy.session_absolute, last_seen=now))
+    return session_id, token
+
+
+def find_session(conn: Connection, token_hash: bytes, policy: Policy, now: int) -> tuple[str, str] | None:
+    """(session id, person uuid) of a live session; an idle or expired one is closed and None."""
+    row = conn.execute(select(sessions).where(sessions.c.token_hash == token_hash)).first()
+    if row is None:
+        return None
+    if row.expires_at <= now or now - row.last_seen >= policy.session_idle:
+        conn.execute(delete(sessions).where(sessions.c.id == row.id))
+        return None
+    if now - row.last_seen >= 30:  # touched at most twice a minute: idle time is coarse, writes are few
+        conn.execute(update(sessions).where(sessions.c.id == row.id).values(last_seen=now))
+    return str(row.id), str(row.person_id)
+
+
+def close_session(conn: Connection, token_hash: bytes) -> bool:
+    return conn.execute(delete(sessions).where(sessions.c.token_hash == token_hash)).rowcount > 0
+
+
+def close_all(conn: Connection, person_id: str) -> int:
+    """Every session of a person (forget-me, or a logout everywhere)."""
+    return conn.execute(delete(sessions).where(sessions.c.person_id == person_id)).rowcount
