@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import pytest
@@ -9,8 +10,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from tests.conftest import Clock
-from tests.vault.recordhelpers import audit_rows, call, make_client, raw_database, scoped
+from tests.vault.recordhelpers import audit_rows, call, config_with, make_client, raw_database, scoped
+from tests.vault.test_openapi import _check, _response_schema
 from vault import sharedrecords
+from vault.api import OPENAPI_PATH
 from vault.core import Vault
 from vault.errors import BadInput
 from vault.models import app_records_table, sessions_table, shared_records_table
@@ -170,3 +173,43 @@ def test_forget_me_removes_app_records_sessions_and_shared_records(client: Flask
                                 .where(table.c.person_id == ann)).scalar_one() == 0
     assert call(client, "GET", "/v1/userapp/email/bob@example.com/shop").json["data"] == {"tier": "tin"}
     assert call(client, "GET", "/v1/userapps").json["apps"] == ["shop"]
+
+
+def test_real_answers_match_the_documented_schemas(vault: Vault, clock: Clock) -> None:
+    spec = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+    client = make_client(vault, config_with("api:\n  list_users: true\n"))
+    person = call(client, "POST", "/v1/user", PROFILE).json["token"]
+    app_path, one, sess = "/v1/userapp/{mode}/{ident}/{app}", "/v1/userapp/email/ann@example.com/shop", \
+        f"/v1/session/{SID}"
+    answers = [
+        ("post", app_path, call(client, "POST", one, {"tier": "gold"})),
+        ("get", app_path, call(client, "GET", one)),
+        ("put", app_path, call(client, "PUT", one, {"tier": "silver"})),
+        ("get", "/v1/userapp/{mode}/{ident}", call(client, "GET", f"/v1/userapp/token/{person}")),
+        ("get", "/v1/userapps", call(client, "GET", "/v1/userapps")),
+        ("post", "/v1/session/{session}", call(client, "POST", sess, {"ip": "x", "token": person})),
+        ("get", "/v1/session/{session}", call(client, "GET", sess)),
+        ("get", "/v1/sessions/{mode}/{ident}", call(client, "GET", "/v1/sessions/email/ann@example.com")),
+        ("post", "/v1/sharedrecord/{mode}/{ident}", made := call(client, "POST", SHARE, {"fields": "name"})),
+        ("get", "/v1/get/{record}", client.get(f"/v1/get/{made.json['record']}")),
+        ("post", "/v1/users", call(client, "POST", "/v1/users")),
+        ("delete", "/v1/session/{session}", call(client, "DELETE", sess)),
+        ("delete", app_path, call(client, "DELETE", one)),
+    ]
+    for method, path, answer in answers:
+        assert answer.status_code == 200, path
+        _check(spec, _response_schema(spec, method, path, 200), answer.json, f"{method} {path}")
+    failures = [
+        ("get", app_path, call(client, "GET", one), 404), ("post", app_path, call(client, "POST", one), 400),
+        ("get", app_path, call(client, "GET", one, token=None), 401),
+        ("get", app_path, call(client, "GET", one, token=scoped(vault, "consent")), 403),
+        ("post", app_path, call(client, "POST", one.replace("shop", "S"), {}), 400),
+        ("get", "/v1/session/{session}", call(client, "GET", sess), 404),
+        ("post", "/v1/session/{session}", call(client, "POST", "/v1/session/x", {}), 400),
+        ("post", "/v1/sharedrecord/{mode}/{ident}", call(client, "POST", SHARE, {}), 400),
+        ("get", "/v1/get/{record}", client.get(f"/v1/get/{SID}"), 404),
+        ("post", "/v1/users", call(client, "POST", "/v1/users", token=scoped(vault, "users:read")), 403),
+    ]
+    for method, path, answer, status in failures:
+        assert answer.status_code == status, (path, answer.json)
+        _check(spec, _response_schema(spec, method, path, status), answer.json, f"{method} {path} {status}")
