@@ -102,6 +102,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_body_bytes": Field("int", 4194304, min=1024),
         "max_batch": Field("int", 1000, min=1, max=100000),
         "threads": Field("int", 8, min=1, max=256),
+        "list_users": Field("bool", False),  # POST /v1/users (root only) lists every person's profile
     },
     "proxy": {
         "rules": Field("list", ("rules/example.yaml",)),
@@ -172,6 +173,7 @@ class ApiSettings:
     max_body_bytes: int
     max_batch: int
     threads: int
+    list_users: bool = False
 
     @property
     def host(self) -> str:

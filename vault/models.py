@@ -208,3 +208,52 @@ class PersonSession(Base):
 login_codes_table = cast(Table, LoginCode.__table__)
 rate_limits_table = cast(Table, RateLimit.__table__)
 person_sessions_table = cast(Table, PersonSession.__table__)
+
+
+class AppRecord(Base):
+    """A person's record for one app (Databunker: userapp): a JSON object sealed under the person's data key,
+    with associated data binding it to the person and the app."""
+
+    __tablename__ = "tb_app_records"
+    person_id: Mapped[str] = mapped_column(String(36), ForeignKey("tb_people.id"), primary_key=True)
+    app: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+app_records_table = cast(Table, AppRecord.__table__)
+
+
+class Session(Base):
+    """Session data (IP, user agent, ...) under a client-chosen uuid: sealed under the linked person's data key,
+    or the shared key when it is linked to no one. Expired sessions read as missing until they are purged."""
+
+    __tablename__ = "tb_sessions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    person_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("tb_people.id"), index=True)
+    data_key_id: Mapped[str] = mapped_column(String(36), ForeignKey("tb_data_keys.id"))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
+
+
+sessions_table = cast(Table, Session.__table__)
+
+
+class SharedRecord(Base):
+    """A time-limited share of some fields of a person's profile, app record or session (Databunker: shared
+    record). It holds the field names, never their values: GET /v1/get/{record} reads them when asked."""
+
+    __tablename__ = "tb_shared_records"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    person_id: Mapped[str] = mapped_column(String(36), ForeignKey("tb_people.id"), index=True)
+    fields: Mapped[str] = mapped_column(Text)  # JSON array of dotted paths
+    app: Mapped[str | None] = mapped_column(String(32))
+    session_id: Mapped[str | None] = mapped_column(String(36))
+    partner: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+shared_records_table = cast(Table, SharedRecord.__table__)

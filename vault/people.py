@@ -7,9 +7,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 
-from vault import consents
+from vault import apprecords, consents, sessions, sharedrecords
 from vault.crypto import seal, unseal
 from vault.datakeys import DataKeys
 from vault.errors import BadInput, Conflict, NotFound
@@ -146,6 +146,14 @@ def read(conn: Connection, keys: DataKeys, ref: PersonRef) -> dict[str, Any]:
     return profile
 
 
+def page(conn: Connection, offset: int, limit: int) -> tuple[int, list[PersonRef]]:
+    """How many people there are, and `limit` of them from `offset`, oldest first (POST /v1/users)."""
+    total = conn.execute(select(func.count()).select_from(people)).scalar_one()
+    rows = conn.execute(select(people.c.id, people.c.data_key_id).order_by(people.c.created_at, people.c.id)
+                        .offset(offset).limit(limit))
+    return total, [PersonRef(row.id, row.data_key_id) for row in rows]
+
+
 def change(
     conn: Connection, keyring: KeyRing, keys: DataKeys, ref: PersonRef, patch: Any, country: str, now: int
 ) -> dict[str, Any]:
@@ -168,9 +176,13 @@ def change(
 
 
 def forget(conn: Connection, keys: DataKeys, ref: PersonRef, now: int) -> int:
-    """Crypto-shred: delete the tokens, the record and the data key; keep only the fact that it happened."""
+    """Crypto-shred: delete the tokens, app records, sessions, shared records, the record and the data key; keep
+    only the fact that it happened."""
     removed = conn.execute(delete(tokens).where(tokens.c.owner_id == ref.id)).rowcount
     consents.forget(conn, ref.id)
+    apprecords.forget(conn, ref.id)
+    sessions.forget(conn, ref.id)
+    sharedrecords.forget(conn, ref.id)
     conn.execute(delete(people).where(people.c.id == ref.id))
     keys.destroy(conn, ref.data_key_id)
     conn.execute(insert(forgotten).values(person_id=ref.id, forgotten_at=now))
