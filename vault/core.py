@@ -598,7 +598,24 @@ class Vault:
     def person_session(self, token: str, policy: login.Policy) -> tuple[str, str] | None:
         """(session id, person uuid) for a live session token, else None (idle, expired, logged out, forgotten)."""
         digest = self.keyring.api_token_hash(token)
-        return self._run_write(lambda conn: login.find_session(conn, digest, policy, self.now()))
+        found = self._run_write(lambda conn: login.find_session(conn, digest, policy, self.now()))
+        return None if found is None else (found[0], found[1])
+
+    def open_console_session(self, grant: apitokens.Grant, token_hash: bytes, policy: login.Policy) -> str:
+        """A DPO console session for the API token whose keyed hash is `token_hash` (root or one with scope dpo)."""
+        def work(conn: Connection) -> str:
+            _session_id, token = login.open_session(conn, self.keyring, grant.id, policy, self.now(), kind="dpo",
+                                                    grant_hash=token_hash)
+            self._audit(conn, [audit.Event(f"console:{grant.name}", "login", None, None)])
+            return token
+
+        return self._run_write(work)
+
+    def console_session(self, token: str, policy: login.Policy) -> tuple[str, bytes] | None:
+        """(session id, the API token's keyed hash) of a live DPO console session."""
+        digest = self.keyring.api_token_hash(token)
+        found = self._run_write(lambda conn: login.find_session(conn, digest, policy, self.now(), kind="dpo"))
+        return None if found is None or found[2] is None else (found[0], found[2])
 
     def logout(self, token: str) -> bool:
         digest = self.keyring.api_token_hash(token)

@@ -27,7 +27,8 @@ from vault.models import rate_limits_table as limits
 
 LOGIN_MODES = ("email", "phone")
 CODE_DIGITS = 6
-SESSION_PREFIX = "tbs_"
+SESSION_PREFIX = "tbs_"  # a person's session
+DPO_PREFIX = "tbd_"  # a DPO console session
 _HOUR = 3600
 _WRONG = "the code is wrong or has expired; ask for a new one"
 
@@ -150,26 +151,31 @@ def check_code(conn: Connection, keyring: KeyRing, mode: str, ident: str, code: 
     return Unauthorized(_WRONG)
 
 
-def open_session(conn: Connection, keyring: KeyRing, person_id: str, policy: Policy, now: int) -> tuple[str, str]:
-    """A new session for the person: (session id, token). Only the token's keyed hash is stored."""
+def open_session(conn: Connection, keyring: KeyRing, person_id: str, policy: Policy, now: int, *,
+                 kind: str = "person", grant_hash: bytes | None = None) -> tuple[str, str]:
+    """A new session: (session id, token). Only the token's keyed hash is stored. A DPO console session ("dpo")
+    names its API token by id in `person_id` and keeps that token's keyed hash."""
     session_id = str(uuid.uuid4())
-    token = SESSION_PREFIX + secrets.token_urlsafe(32)
-    conn.execute(insert(sessions).values(id=session_id, token_hash=keyring.api_token_hash(token), person_id=person_id,
-                                         created_at=now, expires_at=now + policy.session_absolute, last_seen=now))
+    token = (SESSION_PREFIX if kind == "person" else DPO_PREFIX) + secrets.token_urlsafe(32)
+    conn.execute(insert(sessions).values(id=session_id, token_hash=keyring.api_token_hash(token), kind=kind,
+                                         person_id=person_id, grant_hash=grant_hash, created_at=now,
+                                         expires_at=now + policy.session_absolute, last_seen=now))
     return session_id, token
 
 
-def find_session(conn: Connection, token_hash: bytes, policy: Policy, now: int) -> tuple[str, str] | None:
-    """(session id, person uuid) of a live session; an idle or expired one is closed and None."""
+def find_session(conn: Connection, token_hash: bytes, policy: Policy, now: int,
+                 kind: str = "person") -> tuple[str, str, bytes | None] | None:
+    """(session id, person uuid or API token id, grant hash) of a live session of `kind`; an idle or expired one
+    is closed and None."""
     row = conn.execute(select(sessions).where(sessions.c.token_hash == token_hash)).first()
-    if row is None:
+    if row is None or row.kind != kind:
         return None
     if row.expires_at <= now or now - row.last_seen >= policy.session_idle:
         conn.execute(delete(sessions).where(sessions.c.id == row.id))
         return None
     if now - row.last_seen >= 30:  # touched at most twice a minute: idle time is coarse, writes are few
         conn.execute(update(sessions).where(sessions.c.id == row.id).values(last_seen=now))
-    return str(row.id), str(row.person_id)
+    return str(row.id), str(row.person_id), row.grant_hash
 
 
 def close_session(conn: Connection, token_hash: bytes) -> bool:

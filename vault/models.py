@@ -193,13 +193,17 @@ class RateLimit(Base):
 
 
 class PersonSession(Base):
-    """A person's logged-in session (the portal's cookie, or the xtoken /v1/login answers): only its keyed hash
-    is kept. It ends when idle too long, at its absolute expiry, or at logout."""
+    """A logged-in session (the portal's cookie, the xtoken /v1/login answers, a DPO's console): only its keyed
+    hash is kept. It ends when idle too long, at its absolute expiry, or at logout."""
 
     __tablename__ = "tb_person_sessions"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    # "person": person_id is the person's uuid; "dpo": a DPO console session, person_id names the API token
+    # (its id, or "root") and grant_hash its keyed hash, checked again on every request (revocation ends it).
+    kind: Mapped[str] = mapped_column(String(8))
     person_id: Mapped[str] = mapped_column(String(36), index=True)
+    grant_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
     last_seen: Mapped[int] = mapped_column(BigInteger)
