@@ -3,13 +3,14 @@ library, on both backends."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from vault.api import create_app
+from vault.api import OPENAPI_PATH, create_app
 from vault.core import Vault
 from vault.errors import BadInput, NotFound
 from vault.models import audit_table
@@ -185,3 +186,45 @@ def test_library_registry(vault: Vault) -> None:
     with vault.engine.connect() as conn:
         details = [row.detail for row in conn.execute(select(audit_table.c.detail)) if row.detail is not None]
     assert details and all(b"crm" not in bytes(d) for d in details)  # details are sealed
+
+
+def test_answers_match_the_documented_schemas(client: FlaskClient, vault: Vault) -> None:
+    from tests.vault.test_openapi import _check, _response_schema
+
+    doc = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+    _, reader = vault.create_api_token("reader", ["consent"])
+    pid = vault.create_person({"email": "eve@example.com"})
+    calls = [("post", "/v1/lbasis/{brief}", "/v1/lbasis/sms", BASIS, 200),
+             ("get", "/v1/lbasis", "/v1/lbasis", None, 200),
+             ("post", "/v1/pactivity/{activity}", "/v1/pactivity/crm", {"title": "CRM"}, 200),
+             ("post", "/v1/pactivity/{activity}/{brief}", "/v1/pactivity/crm/sms", None, 200),
+             ("get", "/v1/pactivity", "/v1/pactivity", None, 200),
+             ("post", "/v1/agreement/{brief}/{mode}/{ident}", "/v1/agreement/sms/token/" + pid,
+              {"lastmodifiedby": "me", "starttime": 1_700_000_000}, 200),
+             ("post", "/v1/agreement/{brief}/{mode}/{ident}", "/v1/agreement/sms/email/new@example.com", None, 200),
+             ("get", "/v1/agreement/{brief}/{mode}/{ident}", "/v1/agreement/sms/email/new@example.com", None, 200),
+             ("get", "/v1/agreements/{mode}/{ident}", "/v1/agreements/token/" + pid, None, 200),
+             ("get", "/v1/agreements/{mode}/{ident}", "/v1/agreements/email/new@example.com", None, 200),
+             ("delete", "/v1/agreement/{brief}", "/v1/agreement/sms", None, 200),
+             ("get", "/v1/agreement/{brief}/{mode}/{ident}", "/v1/agreement/sms/token/" + pid, None, 200),
+             ("delete", "/v1/pactivity/{activity}/{brief}", "/v1/pactivity/crm/sms", None, 200),
+             ("delete", "/v1/pactivity/{activity}", "/v1/pactivity/crm", None, 200),
+             ("delete", "/v1/lbasis/{brief}", "/v1/lbasis/sms", None, 200),
+             ("delete", "/v1/lbasis/{brief}", "/v1/lbasis/sms", None, 200),  # kept as deleted: agreements
+             ("delete", "/v1/lbasis/{brief}", "/v1/lbasis/never", None, 404),
+             ("post", "/v1/lbasis/{brief}", "/v1/lbasis/sms", {"basistype": "x"}, 400),
+             ("get", "/v1/agreements/{mode}/{ident}", "/v1/agreements/login/nobody", None, 404),
+             ("delete", "/v1/agreement/{brief}", "/v1/agreement/nothing", None, 404)]
+    for method, template, path, body, status in calls:
+        answer = call(client, method.upper(), path, body)
+        assert answer.status_code == status, (path, answer.json)
+        _check(doc, _response_schema(doc, method, template, status), answer.get_json())
+    for method, template, path in [("post", "/v1/lbasis/{brief}", "/v1/lbasis/sms"),
+                                   ("delete", "/v1/agreement/{brief}", "/v1/agreement/sms")]:
+        answer = call(client, method.upper(), path, token=reader)
+        assert answer.status_code == 403
+        _check(doc, _response_schema(doc, method, template, 403), answer.get_json())
+        refused = call(client, method.upper(), path, token=None)
+        _check(doc, _response_schema(doc, method, template, 401), refused.get_json())
+    rows = call(client, "GET", "/v1/agreements/token/" + pid).json["rows"]
+    assert rows[0]["status"] == "revoked" and rows[0]["shortdesc"] == BASIS["shortdesc"]
