@@ -267,7 +267,7 @@ class Vault:
     def create_person(self, profile: Any, *, by: str = LIBRARY) -> str:
         def work(conn: Connection) -> str:
             ref = people.create(conn, self.keyring, self.keys, profile, self.default_country, self.now())
-            events.enqueue(conn, "profilenew", {"token": ref.id}, self.now())
+            events.enqueue(conn, "profilenew", {"token": ref.id}, self.now())  # before the consents it now has
             indexes = index_values(profile, self.default_country)
             claimed = self._claim_pending(conn, [(ref, m, v) for m, v in indexes.items()], by, self.now())
             self._audit(conn, [audit.Event(by, "create", ref.id, ref.data_key_id,
@@ -342,10 +342,8 @@ class Vault:
             if registry.basis_status(conn, brief) is None:
                 raise NotFound("no such legal basis")
             used = consents.in_use(conn, brief)
-            rows = self._revoke(conn, brief, by) if used else []
+            revoked, rows = self._revoke(conn, brief, by) if used else (0, [])
             registry.delete_basis(conn, brief, used)
-            revoked = sum(1 for row in rows if row.person_id) + sum(row.detail["pending"] for row in rows
-                                                                     if row.detail and "pending" in row.detail)
             self._audit(conn, [*rows, audit.Event(by, "lbasis", detail={"brief": brief, "op": "delete",
                                                                         "revoked": revoked})])
             return revoked
@@ -422,16 +420,15 @@ class Vault:
         def work(conn: Connection) -> int:
             if registry.basis_status(conn, brief) is None and not consents.in_use(conn, brief):
                 raise NotFound("no legal basis or agreement has that brief")
-            rows = self._revoke(conn, brief, by)
+            revoked, rows = self._revoke(conn, brief, by)
             self._audit(conn, rows)
-            return sum(1 for row in rows if row.person_id) + sum(row.detail["pending"] for row in rows
-                                                                 if row.detail and "pending" in row.detail)
+            return revoked
 
         return self._run_write(work)
 
-    def _revoke(self, conn: Connection, brief: str, by: str) -> list[audit.Event]:
-        """Revoke every agreement to `brief`, queue one consentchange per person (or pending address) affected, and
-        answer the audit rows to record at the end of the transaction."""
+    def _revoke(self, conn: Connection, brief: str, by: str) -> tuple[int, list[audit.Event]]:
+        """Revoke every agreement to `brief` and queue one consentchange per person (or pending address) affected;
+        answers how many changed, and the audit rows to record at the end of the transaction."""
         now = self.now()
         affected, modes = consents.revoke_all(conn, brief, now)
         for person_id, _key_id in affected:
@@ -442,7 +439,7 @@ class Vault:
                 for person_id, key_id in affected]
         if modes:
             rows.append(audit.Event(by, "consent-revoke", detail={"brief": brief, "pending": len(modes)}))
-        return rows
+        return len(affected) + len(modes), rows
 
     def _locate(self, conn: Connection, mode: str, ident: str) -> tuple[people.PersonRef | None, bytes | None]:
         """The person `ident` names, or, for an email or phone no one has yet, the key of their pending

@@ -245,3 +245,12 @@ def test_api_pending_withdraw_and_not_found(client: FlaskClient) -> None:
     assert call(client, "DELETE", url).json == {"status": "ok"}
     got = call(client, "GET", url).json["data"]
     assert got["status"] == "no" and got["starttime"] == 1700000000 and got["lastmodifiedby"] == "shop"
+
+
+def test_profilenew_goes_before_the_consents_a_new_person_takes(vault: Vault) -> None:
+    vault.give_consent("sms", "email", "eli@example.com")
+    pid = vault.create_person({"email": "eli@example.com"})
+    with vault.engine.connect() as conn:
+        events = conn.execute(select(outbox_table.c.event).order_by(outbox_table.c.seq)).scalars().all()
+    assert events == ["consentchange", "profilenew", "consentchange"]
+    assert callbacks(vault)[-1] == {"token": pid, "brief": "sms", "status": "yes"}
