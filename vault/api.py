@@ -11,6 +11,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from vault.config import Config
+from vault.consents import parse_starttime
 from vault.core import FlowTokenize, Vault
 from vault.durations import parse_expiry
 from vault.errors import BadInput, TooLarge, Unavailable, VaultError
@@ -184,21 +185,23 @@ def user_forget(mode: str, ident: str) -> Response:
 @v1.post("/agreement/<brief>/<mode>/<path:ident>")
 @requires("consent")
 def agreement_give(brief: str, mode: str, ident: str) -> Response:
+    """Give (status yes, the default) or refuse (no) consent; by email or phone it may come before the person."""
     body = request_body() if request.content_length else {}
     if not isinstance(body, dict):
         raise BadInput("the request body must be a JSON object")
     vault = state().vault
+    now = vault.now()
     expiration = body.get("expiration")
-    expires_at = None if expiration in (None, "") else vault.now() + parse_expiry(expiration, vault.now(), "expiration")
-    if body.get("status", "yes") not in ("yes", "no"):
+    expires_at = None if expiration in (None, "") else now + parse_expiry(expiration, now, "expiration")
+    status = body.get("status") or "yes"
+    if status not in ("yes", "no"):
         raise BadInput("'status' must be yes or no")
-    method, reference = body.get("agreementmethod"), body.get("referencecode")
-    if not all(v is None or (isinstance(v, str) and len(v) <= 64) for v in (method, reference)):
-        raise BadInput("'agreementmethod' and 'referencecode' are strings of at most 64 characters")
-    if body.get("status", "yes") == "no":
-        vault.withdraw_consent(brief, mode, ident, by=actor())
-    else:
-        vault.give_consent(brief, mode, ident, expires_at, method, reference, by=actor())
+    texts = {name: body.get(name) for name in ("agreementmethod", "referencecode", "lastmodifiedby")}
+    if not all(v is None or (isinstance(v, str) and len(v) <= 64) for v in texts.values()):
+        raise BadInput("'agreementmethod', 'referencecode' and 'lastmodifiedby' are strings of at most 64 characters")
+    vault.give_consent(brief, mode, ident, expires_at, texts["agreementmethod"], texts["referencecode"], by=actor(),
+                       status=status, given_at=parse_starttime(body.get("starttime"), now),
+                       modified_by=texts["lastmodifiedby"] or None)
     return jsonify(status="ok")
 
 
@@ -212,7 +215,7 @@ def agreement_withdraw(brief: str, mode: str, ident: str) -> Response:
 @v1.get("/agreement/<brief>/<mode>/<path:ident>")
 @requires("consent")
 def agreement_get(brief: str, mode: str, ident: str) -> Response:
-    return jsonify(status="ok", data=state().vault.get_consent(brief, mode, ident).as_dict())
+    return jsonify(status="ok", data=state().vault.get_consent(brief, mode, ident, by=actor()).as_dict())
 
 
 @v1.post("/xtoken")

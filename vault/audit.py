@@ -30,6 +30,7 @@ ACTIONS = (
     "login", "request-create", "request-approve", "request-cancel", "app-create", "app-read", "app-change",
     "app-delete", "session-create", "session-read", "session-delete", "share", "shared-read", "export",
     "retention", "lbasis", "pactivity", "backup", "restore", "xtoken",
+    "consent-read", "consent-revoke",
 )
 
 

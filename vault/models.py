@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -96,13 +96,14 @@ class Agreement(Base):
 
     __tablename__ = "tb_agreements"
     person_id: Mapped[str] = mapped_column(String(36), ForeignKey("tb_people.id"), primary_key=True)
-    brief: Mapped[str] = mapped_column(String(64), primary_key=True)
+    brief: Mapped[str] = mapped_column(String(65), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))  # yes, no, revoked
     given_at: Mapped[int | None] = mapped_column(BigInteger)
     expires_at: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
     method: Mapped[str | None] = mapped_column(String(64))
     reference: Mapped[str | None] = mapped_column(String(128))
+    modified_by: Mapped[str | None] = mapped_column(String(64))  # Databunker's lastmodifiedby
 
 
 agreements_table = cast(Table, Agreement.__table__)
@@ -168,6 +169,70 @@ class OutboxEvent(Base):
 
 
 outbox_table = cast(Table, OutboxEvent.__table__)
+
+
+class LegalBasis(Base):
+    """A purpose people can agree to (Databunker: legal basis, named by its brief). Not personal data."""
+
+    __tablename__ = "tb_legal_bases"
+    brief: Mapped[str] = mapped_column(String(65), primary_key=True)
+    module: Mapped[str] = mapped_column(String(64))
+    shortdesc: Mapped[str] = mapped_column(String(256))
+    fulldesc: Mapped[str] = mapped_column(Text)
+    basistype: Mapped[str] = mapped_column(String(32))  # consent, contract, legal-requirement, ...
+    requiredmsg: Mapped[str] = mapped_column(Text)
+    usercontrol: Mapped[bool] = mapped_column(Boolean)
+    requiredflag: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))  # active, deleted
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProcessingActivity(Base):
+    """What the organisation does with personal data (Databunker: processing activity). Not personal data."""
+
+    __tablename__ = "tb_processing_activities"
+    activity: Mapped[str] = mapped_column(String(65), primary_key=True)
+    title: Mapped[str] = mapped_column(String(256))
+    script: Mapped[str] = mapped_column(Text)
+    fulldesc: Mapped[str] = mapped_column(Text)
+    applicableto: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ActivityBasis(Base):
+    """A processing activity's link to a legal basis it relies on."""
+
+    __tablename__ = "tb_activity_bases"
+    activity: Mapped[str] = mapped_column(String(65), ForeignKey("tb_processing_activities.activity"),
+                                          primary_key=True)
+    brief: Mapped[str] = mapped_column(String(65), ForeignKey("tb_legal_bases.brief"), primary_key=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class PendingAgreement(Base):
+    """Consent given by email or phone before that person exists. Keyed by the keyed hash of the normalised
+    address (the people table's index hash; never the address), and moved to tb_agreements in the transaction that
+    creates the person."""
+
+    __tablename__ = "tb_pending_agreements"
+    index_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    brief: Mapped[str] = mapped_column(String(65), primary_key=True)
+    index_mode: Mapped[str] = mapped_column(String(16))  # email or phone
+    status: Mapped[str] = mapped_column(String(16))  # yes, no, revoked
+    given_at: Mapped[int | None] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    method: Mapped[str | None] = mapped_column(String(64))
+    reference: Mapped[str | None] = mapped_column(String(128))
+    modified_by: Mapped[str | None] = mapped_column(String(64))
+
+
+legal_bases_table = cast(Table, LegalBasis.__table__)
+activities_table = cast(Table, ProcessingActivity.__table__)
+activity_bases_table = cast(Table, ActivityBasis.__table__)
+pending_agreements_table = cast(Table, PendingAgreement.__table__)
 
 
 class LoginCode(Base):

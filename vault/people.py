@@ -89,10 +89,12 @@ _BY_INDEX = {
 
 
 def resolve_many(
-    conn: Connection, keyring: KeyRing, keys: DataKeys, wanted: set[tuple[str, str]], now: int
+    conn: Connection, keyring: KeyRing, keys: DataKeys, wanted: set[tuple[str, str]], now: int,
+    created: list[tuple[PersonRef, str, str]] | None = None,
 ) -> dict[tuple[str, str], PersonRef]:
     """People by (index mode, normalised value), made with just that field when missing: one SELECT per index
-    mode and one insert per table, however many flows the group holds."""
+    mode and one insert per table, however many flows the group holds. The people made are added to `created`
+    as (ref, mode, value), for the caller to give them what waited for them (consents.claim_pending)."""
     out: dict[tuple[str, str], PersonRef] = {}
     hashed = {(mode, value): keyring.lookup_hash(f"idx|{mode}", value) for mode, value in wanted}
     for mode in {m for m, _ in wanted}:
@@ -112,6 +114,8 @@ def resolve_many(
                 **{f"{m}_idx": (hashed[(mode, value)] if m == mode else None) for m in INDEX_MODES},
             })
             out[(mode, value)] = PersonRef(person_id, key_id)
+            if created is not None:
+                created.append((out[(mode, value)], mode, value))
         # A race with another writer on the same index ends in an IntegrityError: the caller's retry finds theirs.
         conn.execute(insert(people), rows)
     return out
