@@ -389,20 +389,20 @@ class Vault:
             return dporequests.listing(conn, status, offset, limit, person_id)
 
     def get_request(self, rtoken: str, *, by: str = LIBRARY) -> dict[str, Any]:
-        """One request for the DPO: the change, and before/after views of the person's data (audited as a read)."""
+        """One request for the DPO: {"request": as listed plus its reason, "change", "before", "after"}, the views
+        of the person's data now and once approved (None where unknown). Audited as a read."""
 
         def work(conn: Connection) -> dict[str, Any]:
             found, req = dporequests.pending(conn, self.keys, rtoken)
-            found["change"] = req.change
-            found["before"], found["after"] = self._request_views(conn, req, by)
+            before, after = self._request_views(conn, req)
             alive = people.exists(conn, req.person_id) is not None
             self._audit(conn, [audit.Event(by, "read", req.person_id, req.data_key_id if alive else None,
                                            detail={"rtoken": req.rtoken, "action": req.action})])
-            return found
+            return {"request": found, "change": req.change, "before": before, "after": after}
 
         return self._run_write(work)
 
-    def _request_views(self, conn: Connection, req: dporequests.Pending, by: str) -> tuple[Any, Any]:
+    def _request_views(self, conn: Connection, req: dporequests.Pending) -> tuple[Any, Any]:
         """What the request's subject looks like now, and would look like once it is approved (None: unknown)."""
         if people.exists(conn, req.person_id) is None:
             return None, None
