@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from vault import dporequests
-from vault.api import create_app
+from vault.api import OPENAPI_PATH, create_app
 from vault.config import ApprovalSettings, Config, ConfigError, parse_config
 from vault.core import Vault
 from vault.errors import BadInput, Conflict, NotFound
@@ -351,3 +351,37 @@ def test_lists_page_with_offset_and_limit(client: FlaskClient) -> None:
     assert page["total"] == 3 and len(page["rows"]) == 1
     everyone = ok(call(client, "GET", "/v1/requests?limit=100"))["rows"]
     assert page["rows"][0] == everyone[1]
+
+
+def test_answers_match_the_openapi_document(vault: Vault, client: FlaskClient) -> None:
+    from tests.vault.test_openapi import _check, _response_schema
+
+    spec = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+
+    def check(method: str, path: str, resp: Any, status: int = 200) -> dict[str, Any]:
+        assert resp.status_code == status, resp.get_json()
+        _check(spec, _response_schema(spec, method, path, status), resp.get_json())
+        return resp.get_json()  # type: ignore[no-any-return]
+
+    user, one = "/v1/user/{mode}/{ident}", "/v1/request/{rtoken}"
+    pid = ok(call(client, "POST", "/v1/user", {"email": "ann@example.com"}))["token"]
+    ok(call(client, "POST", "/v1/agreement/sms/token/" + pid, {}))
+    change = check("put", user, call(client, "PUT", f"/v1/user/token/{pid}", {"name": "A"}))["rtoken"]
+    check("delete", "/v1/agreement/{brief}/{mode}/{ident}", call(client, "DELETE", f"/v1/agreement/sms/token/{pid}"))
+    forget = check("delete", user, call(client, "DELETE", f"/v1/user/token/{pid}"))["rtoken"]
+    check("get", "/v1/requests", call(client, "GET", "/v1/requests"))
+    check("get", "/v1/requests", call(client, "GET", "/v1/requests?status=x"), 400)
+    check("get", "/v1/requests/{mode}/{ident}", call(client, "GET", f"/v1/requests/token/{pid}"))
+    check("get", one, call(client, "GET", f"/v1/request/{change}"))
+    check("post", one, call(client, "POST", f"/v1/request/{change}"))
+    check("post", one, call(client, "POST", f"/v1/request/{change}"), 409)
+    check("delete", one, call(client, "DELETE", f"/v1/request/{forget}", {"reason": "no"}))
+    check("get", one, call(client, "GET", f"/v1/request/{forget}"))
+    check("get", one, call(client, "GET", f"/v1/request/{RTOKEN}"), 404)
+    check("get", one, call(client, "GET", f"/v1/request/{RTOKEN}", token=None), 401)
+    check("get", one, call(client, "GET", f"/v1/request/{RTOKEN}",
+                           token=vault.create_api_token("r", ["users:read"])[1]), 403)
+    plain = make_client(vault, None)
+    check("put", user, call(plain, "PUT", f"/v1/user/token/{pid}", {"name": "B"}))
+    check("delete", "/v1/agreement/{brief}/{mode}/{ident}", call(plain, "DELETE", f"/v1/agreement/sms/token/{pid}"))
+    check("delete", user, call(plain, "DELETE", f"/v1/user/token/{pid}"))

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
 
 from tests.conftest import Clock
-from vault.api import create_app
+from vault.api import OPENAPI_PATH, create_app
 from vault.config import ConfigError, RetentionSettings, parse_config
 from vault.core import Vault
 from vault.errors import Conflict, NotFound
@@ -341,3 +341,30 @@ def test_retention_config() -> None:
         parse_config("retention:\n  interval: often\n", "config.yaml", {})
     with pytest.raises(ConfigError, match="retention.requests"):
         parse_config("retention:\n  requests: 0d\n", "config.yaml", {})
+
+
+def test_answers_match_the_openapi_document(vault: Vault, client: FlaskClient, clock: Clock) -> None:
+    from tests.vault.test_openapi import _check, _response_schema
+
+    spec = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+
+    def check(method: str, path: str, resp: Any, status: int = 200) -> dict[str, Any]:
+        assert resp.status_code == status, resp.get_json()
+        _check(spec, _response_schema(spec, method, path, status), resp.get_json())
+        return resp.get_json()  # type: ignore[no-any-return]
+
+    pid = ok(call(client, "POST", "/v1/user", {"email": "ann@example.com"}))["token"]
+    start, status = "/v1/exp/start/{mode}/{ident}", "/v1/exp/status/{mode}/{ident}"
+    check("get", status, call(client, "GET", f"/v1/exp/status/token/{pid}"))
+    exptoken = check("post", start, call(client, "POST", f"/v1/exp/start/token/{pid}", {"expiration": "1d"}))[
+        "exptoken"]
+    check("post", start, call(client, "POST", f"/v1/exp/start/token/{pid}", {"expiration": "x"}), 400)
+    check("get", status, call(client, "GET", f"/v1/exp/status/token/{pid}"))
+    check("get", "/v1/exp/retain/{exptoken}", call(client, "GET", f"/v1/exp/retain/{exptoken}", token=None))
+    check("delete", "/v1/exp/cancel/{mode}/{ident}", call(client, "DELETE", f"/v1/exp/cancel/token/{pid}"))
+    check("delete", "/v1/exp/cancel/{mode}/{ident}", call(client, "DELETE", f"/v1/exp/cancel/token/{pid}",
+                                                          token=None), 401)
+    check("get", "/v1/exp/delete/{exptoken}", call(client, "GET", f"/v1/exp/delete/{exptoken}", token=None))
+    check("get", "/v1/exp/delete/{exptoken}", call(client, "GET", f"/v1/exp/delete/{exptoken}", token=None), 409)
+    check("get", "/v1/exp/retain/{exptoken}", call(client, "GET", "/v1/exp/retain/x", token=None), 400)
+    check("get", status, call(client, "GET", f"/v1/exp/status/token/{pid}"), 404)
