@@ -32,10 +32,14 @@ MAX_REASON_CHARS = 1024
 class Policy(Protocol):
     """What needs a DPO (vault.config.ApprovalSettings has this shape)."""
 
-    change_profile: str
-    forget_me: str
-    agreement_withdraw: str
-    change_app_data: tuple[str, ...]
+    @property
+    def change_profile(self) -> str: ...
+    @property
+    def forget_me(self) -> str: ...
+    @property
+    def agreement_withdraw(self) -> str: ...
+    @property
+    def change_app_data(self) -> tuple[str, ...]: ...
 
 
 def needs_approval(policy: Policy | None, action: str, app: str | None = None) -> bool:
