@@ -86,6 +86,7 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
     from waitress import serve
 
     from vault.config import parse_listen
+    from vault.scheduler import RetentionScheduler
     from vault.server import build_app, open_vault, resolve_root_token
 
     listen = args.listen or config.api.listen
@@ -106,6 +107,7 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
             print("tokenbunker: root token: the one generated earlier (only its hash is kept); "
                   "`tokenbunker root-token rotate` makes a new one, or set TOKENBUNKER_ROOT_TOKEN", flush=True)
         _stop_on_sigterm()
+        scheduler = RetentionScheduler(vault, config.retention).start()
         try:
             serve(app, listen=f"{shown_host}:{port}", threads=config.api.threads, ident="tokenbunker",
                   # Flask answers bodies over the limit with the API's JSON 413; waitress only stops absurd ones.
@@ -114,6 +116,8 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
             pass
         except OSError as exc:
             raise UserError(f"cannot listen on {listen}: {exc.strerror}") from None
+        finally:
+            scheduler.stop()
     finally:
         vault.close()
     print("tokenbunker: stopped", flush=True)

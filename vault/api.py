@@ -172,12 +172,21 @@ def user_get(mode: str, ident: str) -> Response:
 @v1.put("/user/<mode>/<path:ident>")
 @requires("users:write")
 def user_change(mode: str, ident: str) -> Response:
-    return jsonify(status="ok", token=state().vault.update_person(mode, ident, request_body(), by=actor()))
+    from vault.api_requests import request_if_needed
+
+    change = request_body()
+    if (held := request_if_needed("change-profile", mode, ident, change)) is not None:
+        return held
+    return jsonify(status="ok", token=state().vault.update_person(mode, ident, change, by=actor()))
 
 
 @v1.delete("/user/<mode>/<path:ident>")
 @requires("users:write")
 def user_forget(mode: str, ident: str) -> Response:
+    from vault.api_requests import request_if_needed
+
+    if (held := request_if_needed("forget-me", mode, ident)) is not None:
+        return held
     state().vault.forget_person(mode, ident, by=actor())
     return jsonify(status="ok", result="done")
 
@@ -208,6 +217,10 @@ def agreement_give(brief: str, mode: str, ident: str) -> Response:
 @v1.delete("/agreement/<brief>/<mode>/<path:ident>")
 @requires("consent")
 def agreement_withdraw(brief: str, mode: str, ident: str) -> Response:
+    from vault.api_requests import request_if_needed
+
+    if (held := request_if_needed("agreement-withdraw", mode, ident, brief=brief)) is not None:
+        return held
     state().vault.withdraw_consent(brief, mode, ident, by=actor())
     return jsonify(status="ok")
 

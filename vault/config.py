@@ -82,6 +82,8 @@ class Field:
 
 
 _URL = "a URL such as http://127.0.0.1:8080"
+_DURATION = "a duration such as 60s, 30m, 12h, 30d or 2w"
+_APPROVERS = ("self", "dpo")
 _LISTEN = "HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:3000 or [::1]:3000"
 
 # The single source of truth: add a key here and to its dataclass below.
@@ -153,6 +155,21 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "client_per_hour": Field("int", 30, min=1, max=100000),  # login calls from one client address per hour
         "session_idle": Field("str", "30m", check=_parses(parse_duration), expect="a duration such as 30m"),
         "session_absolute": Field("str", "12h", check=_parses(parse_duration), expect="a duration such as 12h"),
+    },
+    # Which operations wait for a DPO's approval (a request) instead of applying at once, for every API caller.
+    "approval": {
+        "change_profile": Field("str", "self", check=lambda v: v in _APPROVERS, expect="self or dpo"),
+        "forget_me": Field("str", "self", check=lambda v: v in _APPROVERS, expect="self or dpo"),
+        "agreement_withdraw": Field("str", "self", check=lambda v: v in _APPROVERS, expect="self or dpo"),
+        "change_app_data": Field("list", ()),  # app-name glob patterns whose changes need a DPO, e.g. billing*
+    },
+    # The scheduler inside `serve`: how often it runs, and the maximum retention per kind (null: no maximum).
+    "retention": {
+        "interval": Field("str", "60s", check=_parses(parse_duration), expect=_DURATION),
+        "tokens": Field("str", None, optional=True, check=_parses(parse_duration), expect=_DURATION),
+        "sessions": Field("str", "30d", optional=True, check=_parses(parse_duration), expect=_DURATION),
+        "requests": Field("str", "365d", optional=True, check=_parses(parse_duration), expect=_DURATION),
+        "agreements": Field("str", None, optional=True, check=_parses(parse_duration), expect=_DURATION),
     },
 }
 
@@ -241,6 +258,28 @@ class PortalSettings:
 
 
 @dataclass(frozen=True)
+class ApprovalSettings:
+    change_profile: str = "self"
+    forget_me: str = "self"
+    agreement_withdraw: str = "self"
+    change_app_data: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    interval: str = "60s"
+    tokens: str | None = None
+    sessions: str | None = "30d"
+    requests: str | None = "365d"
+    agreements: str | None = None
+
+    def seconds(self, kind: str) -> int | None:
+        """The interval, or a kind's maximum retention, in seconds (None: kept until something else ends it)."""
+        value: str | None = getattr(self, kind)
+        return None if value is None else parse_duration(value)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str | None
     vault: VaultSettings
@@ -251,6 +290,8 @@ class Config:
     notify: NotifySettings
     portal: PortalSettings
     login: LoginSettings = field(default_factory=LoginSettings)
+    approval: ApprovalSettings = field(default_factory=ApprovalSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -262,6 +303,7 @@ class Config:
 _SECTIONS: dict[str, type] = {
     "vault": VaultSettings, "api": ApiSettings, "proxy": ProxySettings, "demo": DemoSettings,
     "scrub": ScrubSettings, "notify": NotifySettings, "portal": PortalSettings, "login": LoginSettings,
+    "approval": ApprovalSettings, "retention": RetentionSettings,
 }
 
 

@@ -326,3 +326,43 @@ class SharedRecord(Base):
 
 
 shared_records_table = cast(Table, SharedRecord.__table__)
+
+
+class DpoRequest(Base):
+    """A change that waits for a DPO's approval (forget-me, change-profile, change-app-data, agreement-withdraw).
+    The change itself is sealed under the person's data key (so forget-me shreds it too); so is a cancel reason.
+    No FK to the person: a decided request is the record of what was asked, after the person is gone."""
+
+    __tablename__ = "tb_requests"
+    rtoken: Mapped[str] = mapped_column(String(36), primary_key=True)
+    action: Mapped[str] = mapped_column(String(32))
+    person_id: Mapped[str] = mapped_column(String(36), index=True)
+    app: Mapped[str | None] = mapped_column(String(64))
+    brief: Mapped[str | None] = mapped_column(String(64))
+    data_key_id: Mapped[str] = mapped_column(String(36))
+    change: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # open, approved, canceled
+    requested_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[int | None] = mapped_column(BigInteger)
+    reason: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+requests_table = cast(Table, DpoRequest.__table__)
+
+
+class Expiration(Base):
+    """When a person's record expires (is forgotten) unless retained (Databunker's /v1/exp). `exptoken` is the
+    person's own link to retain or delete. No FK: the row stays, status expired, after the person is forgotten."""
+
+    __tablename__ = "tb_expirations"
+    person_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    exptoken: Mapped[str] = mapped_column(String(36), unique=True)
+    exptime: Mapped[int] = mapped_column(BigInteger, index=True)
+    status: Mapped[str] = mapped_column(String(16))  # wait, expiring, retain, canceled, expired
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+expirations_table = cast(Table, Expiration.__table__)

@@ -119,7 +119,8 @@ BAD_FILES = [
      r"vault\.databse_url: unknown key \(known: database_url, master_key_file, default_country, "
      r"auto_migrate, data_key_cache, pool_size\)$"),
     ("api: {}\nvalt:\n  pool_size: 1\n", 2,
-     r"valt: unknown section \(known: vault, api, proxy, demo, scrub, notify, portal, login\)$"),
+     r"valt: unknown section \(known: vault, api, proxy, demo, scrub, notify, portal, login, approval, "
+     r"retention\)$"),
     ("vault:\n  master_key: 00ff\n", 2, r"vault\.master_key: unknown key"),
     ("api:\n  root_token: x\n", 2, r"api\.root_token: unknown key"),
     ("vault:\n  [a, b]: 1\n", 2, r"vault: keys must be plain names$"),
@@ -219,7 +220,8 @@ def test_every_problem_is_reported_in_line_order() -> None:
         "config.yaml:4: vault.nope: unknown key (known: database_url, master_key_file, default_country, "
         "auto_migrate, data_key_cache, pool_size)",
         "config.yaml:6: api.threads: wrong type (expected an integer, got a string 'x')",
-        "config.yaml:7: zzz: unknown section (known: vault, api, proxy, demo, scrub, notify, portal, login)",
+        "config.yaml:7: zzz: unknown section (known: vault, api, proxy, demo, scrub, notify, portal, login, "
+        "approval, retention)",
         "env TOKENBUNKER_API_MAX_BATCH: expected an integer, got 'x'",
     ]
 
