@@ -129,6 +129,20 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "enabled": Field("bool", True),
         "title": Field("str", "Tokenbunker privacy portal"),
     },
+    "callbacks": {
+        # Where events are POSTed: `url` for every event, or one URL per event (which wins over `url`). The
+        # signing secret comes from TOKENBUNKER_CALLBACKS_SECRET only (see vault/callbacks.py).
+        "url": Field("str", None, optional=True, check=lambda v: v.startswith(("http://", "https://")),
+                     expect="an http:// or https:// URL"),
+        **{event: Field("str", None, optional=True, check=lambda v: v.startswith(("http://", "https://")),
+                        expect="an http:// or https:// URL")
+           for event in ("profilenew", "profilechange", "forgetme", "consentchange", "requestcreated")},
+        "timeout_seconds": Field("int", 10, min=1, max=300),
+        "max_attempts": Field("int", 12, min=1, max=1000),
+        "backoff_seconds": Field("int", 2, min=1, max=86400),  # the first retry's delay; doubled each time
+        "max_backoff_seconds": Field("int", 3600, min=1, max=604800),
+        "poll_seconds": Field("int", 1, min=1, max=3600),
+    },
 }
 
 
@@ -193,6 +207,30 @@ class PortalSettings:
 
 
 @dataclass(frozen=True)
+class CallbackSettings:
+    url: str | None
+    profilenew: str | None
+    profilechange: str | None
+    forgetme: str | None
+    consentchange: str | None
+    requestcreated: str | None
+    timeout_seconds: int
+    max_attempts: int
+    backoff_seconds: int
+    max_backoff_seconds: int
+    poll_seconds: int
+
+    def url_for(self, event: str) -> str | None:
+        chosen: str | None = getattr(self, event, None)
+        return chosen or self.url
+
+    @property
+    def configured(self) -> bool:
+        return any(self.url_for(e) for e in ("profilenew", "profilechange", "forgetme", "consentchange",
+                                             "requestcreated"))
+
+
+@dataclass(frozen=True)
 class Config:
     path: str | None
     vault: VaultSettings
@@ -202,6 +240,7 @@ class Config:
     scrub: ScrubSettings
     notify: NotifySettings
     portal: PortalSettings
+    callbacks: CallbackSettings
     warnings: tuple[str, ...] = ()
 
     @property
@@ -213,6 +252,7 @@ class Config:
 _SECTIONS: dict[str, type] = {
     "vault": VaultSettings, "api": ApiSettings, "proxy": ProxySettings, "demo": DemoSettings,
     "scrub": ScrubSettings, "notify": NotifySettings, "portal": PortalSettings,
+    "callbacks": CallbackSettings,
 }
 
 
