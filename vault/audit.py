@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, text
 
 from vault.crypto import seal, unseal
-from vault.errors import NotFound, Tampered
 from vault.datakeys import SHARED_KEY_ID, DataKeys
+from vault.errors import NotFound, Tampered
 from vault.keys import KeyRing
 from vault.models import audit_table as audit
 
