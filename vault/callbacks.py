@@ -208,7 +208,7 @@ class Worker:
         attempts = row.attempts + 1
         next_at = None
         if error is not None and attempts < d.max_attempts:
-            next_at = math.ceil(self._clock() + d.retry_delay(attempts))
+            next_at = math.ceil(self.vault.now() + d.retry_delay(attempts))  # on the clock the claims read
             log.warning("callback %s (%s) attempt %d failed: %s; retrying", row.event_id, row.event, attempts, error)
         elif error is not None:
             log.error("callback %s (%s) failed %d times (%s); given up", row.event_id, row.event, attempts, error)
