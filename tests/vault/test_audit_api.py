@@ -212,3 +212,21 @@ def test_the_cli_verifies_and_names_the_first_broken_link(vault: Vault, database
 def _row_atoken(vault: Vault, seq: int) -> str:
     with vault.engine.connect() as conn:
         return str(conn.execute(select(audit_table.c.atoken).where(audit_table.c.seq == seq)).scalar_one())
+
+
+def test_answers_match_the_openapi_document(vault: Vault, client: FlaskClient) -> None:
+    from tests.vault.test_openapi import _check, _response_schema
+
+    spec = json.loads(Path("vault/openapi.json").read_text(encoding="utf-8"))
+    pid = _journey(vault)
+    listed = get(client, "/v1/audit/admin")
+    _check(spec, _response_schema(spec, "get", "/v1/audit/admin", 200), listed.json)
+    mine = get(client, f"/v1/audit/list/{pid}")
+    _check(spec, _response_schema(spec, "get", "/v1/audit/list/{token}", 200), mine.json)
+    for row in mine.json["rows"]:
+        one = get(client, f"/v1/audit/get/{row['atoken']}")
+        _check(spec, _response_schema(spec, "get", "/v1/audit/get/{atoken}", 200), one.json)
+    for path, status in [(f"/v1/audit/list/{uuid.uuid4()}", 404), ("/v1/audit/list/x", 400)]:
+        _check(spec, _response_schema(spec, "get", "/v1/audit/list/{token}", status), get(client, path).json)
+    _check(spec, _response_schema(spec, "get", "/v1/audit/get/{atoken}", 404),
+           get(client, f"/v1/audit/get/{uuid.uuid4()}").json)
