@@ -208,7 +208,8 @@ def test_forget_me_after_a_backup_stays_forgotten_after_restoring_it(
 
 @pytest.mark.usefixtures("env_key")
 def test_restore_refuses_what_it_cannot_restore_safely(vault: Vault, database_url: str, backend: str,
-                                                       tmp_path: Path, request: pytest.FixtureRequest,
+                                                       master_key: bytes, tmp_path: Path,
+                                                       request: pytest.FixtureRequest,
                                                        capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     fill(vault)
@@ -246,6 +247,10 @@ def test_restore_refuses_what_it_cannot_restore_safely(vault: Vault, database_ur
     engine = make_engine(target)
     assert rows_in(engine) == {}
     engine.dispose()
+    monkeypatch.setenv("TOKENBUNKER_MASTER_KEY", master_key.hex())
+    assert cli(capsys, "migrate", "--config", config)[0] == 0  # migrated but empty is still empty
+    code, out, err = cli(capsys, "restore", "--config", config, str(dump))
+    assert code == 0 and "chain intact" in out, err
 
 
 def test_a_backup_taken_while_traffic_flows_is_consistent(vault: Vault, backend: str, master_key: bytes,
