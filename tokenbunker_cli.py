@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
 
     from vault.config import parse_listen
     from vault.scheduler import RetentionScheduler
-    from vault.server import build_app, open_vault, resolve_root_token
+    from vault.server import build_app, open_vault, resolve_root_token, start_callbacks
 
     listen = args.listen or config.api.listen
     try:
@@ -98,6 +98,7 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
     try:
         root = resolve_root_token(vault)
         app = build_app(config, vault, root)
+        worker = start_callbacks(config, vault)  # before the banner: a missing secret stops the start
         shown_host = f"[{host}]" if ":" in host else host
         print(f"tokenbunker: vault API on http://{shown_host}:{port}/v1/ (health: /health, ready: /ready)",
               flush=True)
@@ -118,9 +119,85 @@ def _serve(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
             raise UserError(f"cannot listen on {listen}: {exc.strerror}") from None
         finally:
             scheduler.stop()
+            if worker is not None:
+                worker.stop()
     finally:
         vault.close()
     print("tokenbunker: stopped", flush=True)
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from vault.server import open_vault
+
+    vault = open_vault(_config(args))
+    try:
+        verdict = vault.verify_audit()
+    finally:
+        vault.close()
+    print(verdict.summary())
+    return 0 if verdict.intact else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from vault.server import open_vault
+
+    vault = open_vault(_config(args))
+    try:
+        if not args.out or args.out == "-":
+            for line in vault.backup_lines(by="cli"):
+                sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            return 0
+        out = Path(args.out)
+        partial = out.with_name(out.name + ".partial")
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise UserError(f"{partial}: {exc.strerror}") from None
+        rows = 0
+        with os.fdopen(fd, "wb") as handle:
+            for line in vault.backup_lines(by="cli"):
+                handle.write(line)
+                rows += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, out)  # a backup that stopped half-way never takes the name
+    finally:
+        vault.close()
+    print(f"wrote {out} ({rows} lines); restore it with `tokenbunker restore {out}` (the master key opens it)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from vault.backup import journal_database, journal_file, restore
+    from vault.db import make_engine
+    from vault.keys import load_master_key
+
+    config = _config(args)
+    path = Path(args.file)
+    if not path.is_file():
+        raise UserError(f"{path}: no such backup file")
+    journal: set[str] = set()
+    for name in args.forgotten or ():
+        try:
+            journal |= journal_file(Path(name))
+        except OSError as exc:
+            raise UserError(f"{name}: {exc.strerror}") from None
+    for url in args.forgotten_from or ():
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                journal |= journal_database(conn)
+        except Exception as exc:
+            raise UserError(f"--forgotten-from: cannot read tb_forgotten there ({type(exc).__name__})") from None
+        finally:
+            engine.dispose()
+    done = restore(config.vault.database_url, path, load_master_key(config.vault.master_key_file), journal,
+                   by="cli")
+    print(f"restored {done.rows} rows (schema {done.schema}, backup of {done.created}); forget-me journal: "
+          f"{done.journal} people, {done.forgotten_again} forgotten again; audit: {done.chain}")
     return 0
 
 
@@ -328,6 +405,23 @@ def build_parser() -> argparse.ArgumentParser:
     root_sub = root.add_subparsers(dest="root_command", required=True, metavar="ACTION")
     rot = with_config(root_sub.add_parser("rotate", help="make a new root token and print it once"))
     rot.set_defaults(func=cmd_root_token_rotate)
+
+    aud = sub.add_parser("audit", help="the audit trail")
+    aud_sub = aud.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    ver = with_config(aud_sub.add_parser("verify", help="check the audit chain; exit 1 naming the first broken link"))
+    ver.set_defaults(func=cmd_audit_verify)
+
+    bak = with_config(sub.add_parser("backup", help="write a consistent, still-encrypted backup (JSON lines)"))
+    bak.add_argument("--out", help="write to this file (mode 0600) instead of stdout")
+    bak.set_defaults(func=cmd_backup)
+
+    res = with_config(sub.add_parser("restore", help="restore a backup into an empty database (either backend)"))
+    res.add_argument("file", metavar="FILE", help="a file written by `tokenbunker backup` or GET /v1/sys/backup")
+    res.add_argument("--forgotten", action="append", metavar="JOURNAL",
+                     help="a forget-me journal: person uuids, or forgetme callback bodies, one a line (repeatable)")
+    res.add_argument("--forgotten-from", action="append", metavar="DATABASE_URL",
+                     help="forget again everyone in tb_forgotten of this database (repeatable)")
+    res.set_defaults(func=cmd_restore)
     return parser
 
 

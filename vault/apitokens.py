@@ -1,7 +1,7 @@
 """Scoped access tokens: what a token may do, for how long, until revoked. Only keyed hashes are stored.
 
 Scopes: tokenize, detokenize (every kind) or detokenize:KIND[,KIND...], tokens:read, tokens:write, users:read,
-users:write, consent, scrub, audit:read, dpo. The root token holds them all, and only it may manage tokens.
+users:write, consent, scrub, audit:read, dpo, metrics. The root token holds them all, and only it may manage tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from vault.keys import KeyRing
 from vault.models import api_tokens_table as api_tokens
 
 SCOPES = ("tokenize", "detokenize", "tokens:read", "tokens:write", "users:read", "users:write", "consent", "scrub",
-          "audit:read", "dpo")
+          "audit:read", "dpo",
+          "metrics")
 _KINDS = re.compile(r"^detokenize:([a-z][a-z0-9_-]{0,31}(?:,[a-z][a-z0-9_-]{0,31})*)$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,63}$")
 PREFIX = "tbx_"

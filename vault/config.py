@@ -171,6 +171,20 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "requests": Field("str", "365d", optional=True, check=_parses(parse_duration), expect=_DURATION),
         "agreements": Field("str", None, optional=True, check=_parses(parse_duration), expect=_DURATION),
     },
+    "callbacks": {
+        # Where events are POSTed: `url` for every event, or one URL per event (which wins over `url`). The
+        # signing secret comes from TOKENBUNKER_CALLBACKS_SECRET only (see vault/callbacks.py).
+        "url": Field("str", None, optional=True, check=lambda v: v.startswith(("http://", "https://")),
+                     expect="an http:// or https:// URL"),
+        **{event: Field("str", None, optional=True, check=lambda v: v.startswith(("http://", "https://")),
+                        expect="an http:// or https:// URL")
+           for event in ("profilenew", "profilechange", "forgetme", "consentchange", "requestcreated")},
+        "timeout_seconds": Field("int", 10, min=1, max=300),
+        "max_attempts": Field("int", 12, min=1, max=1000),
+        "backoff_seconds": Field("int", 2, min=1, max=86400),  # the first retry's delay; doubled each time
+        "max_backoff_seconds": Field("int", 3600, min=1, max=604800),
+        "poll_seconds": Field("int", 1, min=1, max=3600),
+    },
 }
 
 
@@ -280,6 +294,30 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class CallbackSettings:
+    url: str | None = None
+    profilenew: str | None = None
+    profilechange: str | None = None
+    forgetme: str | None = None
+    consentchange: str | None = None
+    requestcreated: str | None = None
+    timeout_seconds: int = 10
+    max_attempts: int = 12
+    backoff_seconds: int = 2
+    max_backoff_seconds: int = 3600
+    poll_seconds: int = 1
+
+    def url_for(self, event: str) -> str | None:
+        chosen: str | None = getattr(self, event, None)
+        return chosen or self.url
+
+    @property
+    def configured(self) -> bool:
+        return any(self.url_for(e) for e in ("profilenew", "profilechange", "forgetme", "consentchange",
+                                             "requestcreated"))
+
+
+@dataclass(frozen=True)
 class Config:
     path: str | None
     vault: VaultSettings
@@ -292,6 +330,7 @@ class Config:
     login: LoginSettings = field(default_factory=LoginSettings)
     approval: ApprovalSettings = field(default_factory=ApprovalSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -303,7 +342,7 @@ class Config:
 _SECTIONS: dict[str, type] = {
     "vault": VaultSettings, "api": ApiSettings, "proxy": ProxySettings, "demo": DemoSettings,
     "scrub": ScrubSettings, "notify": NotifySettings, "portal": PortalSettings, "login": LoginSettings,
-    "approval": ApprovalSettings, "retention": RetentionSettings,
+    "approval": ApprovalSettings, "retention": RetentionSettings, "callbacks": CallbackSettings,
 }
 
 

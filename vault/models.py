@@ -166,6 +166,7 @@ class OutboxEvent(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     delivered_at: Mapped[int | None] = mapped_column(BigInteger)
     last_error: Mapped[str | None] = mapped_column(String(200))
+    failed_at: Mapped[int | None] = mapped_column(BigInteger)  # given up after callbacks.max_attempts (0008)
 
 
 outbox_table = cast(Table, OutboxEvent.__table__)

@@ -16,6 +16,8 @@ from vault.keys import load_master_key
 if TYPE_CHECKING:
     from flask import Flask
 
+    from vault.callbacks import Worker
+
 ROOT_TOKEN_ENV = "TOKENBUNKER_ROOT_TOKEN"
 ROOT_TOKEN_META = "root_token_hash"
 MIN_ROOT_TOKEN_CHARS = 16
@@ -87,3 +89,11 @@ def log_scrubber(config: Config, vault: Vault) -> object | None:
     files = [f for f in config.log_rule_files if os.path.exists(f)]
     rules = load_rules(files).logs if files else ()
     return LogScrubber(rules, vault.tokenize_with_expiry) if rules else None
+
+
+def start_callbacks(config: Config, vault: Vault, env: Mapping[str, str] | None = None) -> Worker | None:
+    """The callback delivery thread, when callbacks are configured (events wait in the outbox until they are)."""
+    from vault.callbacks import Delivery, Worker
+
+    delivery = Delivery.from_config(config.callbacks, os.environ if env is None else env)
+    return None if delivery is None else Worker(vault, delivery).start()

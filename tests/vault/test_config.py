@@ -12,6 +12,7 @@ import pytest
 from vault.config import (
     SCHEMA,
     ApiSettings,
+    CallbackSettings,
     Config,
     ConfigError,
     DemoSettings,
@@ -47,6 +48,7 @@ DEFAULTS = Config(
     scrub=ScrubSettings(None),
     notify=NotifySettings(None),
     portal=PortalSettings(True, "Tokenbunker privacy portal"),
+    callbacks=CallbackSettings(None, None, None, None, None, None, 10, 12, 2, 3600, 1),
 )
 
 
@@ -57,7 +59,8 @@ def test_empty_file_or_sections_give_defaults(text: str) -> None:
 
 def test_schema_and_dataclasses_agree() -> None:
     classes = {"vault": VaultSettings, "api": ApiSettings, "proxy": ProxySettings,
-               "scrub": ScrubSettings, "notify": NotifySettings, "portal": PortalSettings, "login": LoginSettings}
+               "scrub": ScrubSettings, "notify": NotifySettings, "portal": PortalSettings, "login": LoginSettings,
+               "callbacks": CallbackSettings}
     assert list(SCHEMA) == [f.name for f in dataclasses.fields(Config)][1:-1]
     for section, cls in classes.items():
         assert list(SCHEMA[section]) == [f.name for f in dataclasses.fields(cls)]
@@ -120,7 +123,7 @@ BAD_FILES = [
      r"auto_migrate, data_key_cache, pool_size\)$"),
     ("api: {}\nvalt:\n  pool_size: 1\n", 2,
      r"valt: unknown section \(known: vault, api, proxy, demo, scrub, notify, portal, login, approval, "
-     r"retention\)$"),
+     r"retention, callbacks\)$"),
     ("vault:\n  master_key: 00ff\n", 2, r"vault\.master_key: unknown key"),
     ("api:\n  root_token: x\n", 2, r"api\.root_token: unknown key"),
     ("vault:\n  [a, b]: 1\n", 2, r"vault: keys must be plain names$"),
@@ -221,7 +224,7 @@ def test_every_problem_is_reported_in_line_order() -> None:
         "auto_migrate, data_key_cache, pool_size)",
         "config.yaml:6: api.threads: wrong type (expected an integer, got a string 'x')",
         "config.yaml:7: zzz: unknown section (known: vault, api, proxy, demo, scrub, notify, portal, login, "
-        "approval, retention)",
+        "approval, retention, callbacks)",
         "env TOKENBUNKER_API_MAX_BATCH: expected an integer, got 'x'",
     ]
 

@@ -4,12 +4,12 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-01 19:05:00
 
-Reserved in the plan of issue 4 so that parallel work lands in one linear history; filled by the work it names
-(empty is a valid migration).
+tb_outbox.failed_at: when the callback worker gave up on an event (callbacks.max_attempts), so a failed event is
+told apart from a pending one whatever the config says later.
 """
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
 revision = '0008'
 down_revision = '0007'
@@ -18,8 +18,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table('tb_outbox', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('failed_at', sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table('tb_outbox', schema=None) as batch_op:
+        batch_op.drop_column('failed_at')
