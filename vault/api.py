@@ -14,7 +14,7 @@ from vault.config import Config
 from vault.consents import parse_starttime
 from vault.core import FlowTokenize, Vault
 from vault.durations import parse_expiry
-from vault.errors import BadInput, TooLarge, Unavailable, VaultError
+from vault.errors import BadInput, NotFound, TooLarge, Unavailable, VaultError
 from vault.identity import INDEX_MODES
 from vault.notify import Notifier
 from vault.tokens import TokenRequest
@@ -208,6 +208,16 @@ def agreement_give(brief: str, mode: str, ident: str) -> Response:
     texts = {name: body.get(name) for name in ("agreementmethod", "referencecode", "lastmodifiedby")}
     if not all(v is None or (isinstance(v, str) and len(v) <= 64) for v in texts.values()):
         raise BadInput("'agreementmethod', 'referencecode' and 'lastmodifiedby' are strings of at most 64 characters")
+    if status == "no":
+        from vault.api_requests import request_if_needed
+
+        # Withdrawing a consent that is given waits for a DPO when approval.agreement_withdraw says so; a refusal
+        # with nothing to withdraw (no such person or agreement yet) is simply recorded.
+        try:
+            if (held := request_if_needed("agreement-withdraw", mode, ident, brief=brief)) is not None:
+                return held
+        except NotFound:
+            pass
     vault.give_consent(brief, mode, ident, expires_at, texts["agreementmethod"], texts["referencecode"], by=actor(),
                        status=status, given_at=parse_starttime(body.get("starttime"), now),
                        modified_by=texts["lastmodifiedby"] or None)

@@ -42,7 +42,12 @@ def app_get(mode: str, ident: str, app: str) -> Response:
 @bp.put("/userapp/<mode>/<path:ident>/<app>")
 @requires("users:write")
 def app_change(mode: str, ident: str, app: str) -> Response:
-    return jsonify(status="ok", token=state().vault.change_app_record(mode, ident, app, request_body(), by=actor()))
+    from vault.api_requests import request_if_needed
+
+    change = request_body()
+    if (held := request_if_needed("change-app-data", mode, ident, change, app=app)) is not None:
+        return held  # approval.change_app_data names this app: a DPO applies it
+    return jsonify(status="ok", token=state().vault.change_app_record(mode, ident, app, change, by=actor()))
 
 
 @bp.delete("/userapp/<mode>/<path:ident>/<app>")

@@ -385,3 +385,25 @@ def test_answers_match_the_openapi_document(vault: Vault, client: FlaskClient) -
     check("put", user, call(plain, "PUT", f"/v1/user/token/{pid}", {"name": "B"}))
     check("delete", "/v1/agreement/{brief}/{mode}/{ident}", call(plain, "DELETE", f"/v1/agreement/sms/token/{pid}"))
     check("delete", user, call(plain, "DELETE", f"/v1/user/token/{pid}"))
+
+
+def test_the_api_holds_app_changes_and_consent_refusals_for_a_dpo(vault: Vault, client: FlaskClient) -> None:
+    """The real app records behind PUT /v1/userapp, and POST /v1/agreement with status no, under ALL_DPO."""
+    pid = vault.create_person({"email": "ann@example.com"})
+    ok(call(client, "POST", f"/v1/userapp/token/{pid}/billing", {"iban": "GB00 0000"}))
+    held = ok(call(client, "PUT", f"/v1/userapp/token/{pid}/billing", {"iban": "GB11 1111"}))
+    assert held["result"] == "request-created"
+    assert vault.get_app_record("token", pid, "billing", by="t")[1] == {"iban": "GB00 0000"}
+    ok(call(client, "POST", f"/v1/request/{held['rtoken']}"))
+    assert vault.get_app_record("token", pid, "billing", by="t")[1] == {"iban": "GB11 1111"}
+    ok(call(client, "POST", f"/v1/userapp/token/{pid}/shop", {"plan": "free"}))  # not a held app: at once
+    assert ok(call(client, "PUT", f"/v1/userapp/token/{pid}/shop", {"plan": "gold"}))["token"] == pid
+
+    ok(call(client, "POST", f"/v1/agreement/sms/token/{pid}", {"status": "yes"}))
+    held = ok(call(client, "POST", f"/v1/agreement/sms/token/{pid}", {"status": "no"}))
+    assert held["result"] == "request-created" and vault.get_consent("sms", "token", pid).status == "yes"
+    ok(call(client, "POST", f"/v1/request/{held['rtoken']}"))
+    assert vault.get_consent("sms", "token", pid).status == "no"
+    # A refusal with nothing to withdraw is recorded at once, for a person or before one exists.
+    assert ok(call(client, "POST", f"/v1/agreement/news/token/{pid}", {"status": "no"})) == {"status": "ok"}
+    assert ok(call(client, "POST", "/v1/agreement/news/email/new@example.com", {"status": "no"})) == {"status": "ok"}
