@@ -31,6 +31,7 @@ from vault import (
     people,
     registry,
     retention,
+    selfservice,
     sessions,
     sharedrecords,
     tokens,
@@ -1020,6 +1021,28 @@ class Vault:
     def metrics(self) -> list[metrics.Sample]:
         with self._read() as conn:
             return metrics.gather(conn)
+
+    # -- a person's own view: the portal (vault/selfservice.py) ----------------------------------------------
+
+    def my_data(self, person_id: str, *, by: str = "self", action: str = "read") -> dict[str, Any]:
+        """Everything held about a person, values revealed (to that person: the portal checks who is asking)."""
+        def work(conn: Connection) -> dict[str, Any]:
+            ref = people.find(conn, self.keyring, "token", person_id, self.default_country)
+            data = selfservice.overview(conn, self.keys, ref, self.now())
+            self._audit(conn, [audit.Event(by, action, ref.id, ref.data_key_id, detail={"via": "portal"})])
+            return data
+
+        return self._run_write(work)
+
+    def my_consents(self, person_id: str) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            ref = people.find(conn, self.keyring, "token", person_id, self.default_country)
+            return selfservice.consent_choices(conn, ref, self.now())
+
+    def my_activity(self, person_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            ref = people.find(conn, self.keyring, "token", person_id, self.default_country)
+            return selfservice.trail(conn, self.keys, ref, limit)
 
     # -- scoped API tokens ------------------------------------------------------------------------------------
 
