@@ -41,6 +41,10 @@ def create_app(vault: Vault, *, root_token_hash: bytes, max_body_bytes: int = 4 
     for blueprint in (api_records.bp, api_consent.bp, api_requests.bp, api_audit.bp, api_login.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(probes)
+    if config is None or config.portal.enabled:
+        import portal
+
+        portal.register(app)
     app.register_error_handler(VaultError, _vault_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

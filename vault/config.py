@@ -145,6 +145,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "portal": {
         "enabled": Field("bool", True),
         "title": Field("str", "Tokenbunker privacy portal"),
+        "logo_url": Field("str", None, optional=True),
+        "terms_url": Field("str", None, optional=True),
+        "privacy_url": Field("str", None, optional=True),
+        "contact_email": Field("str", None, optional=True),
     },
     "login": {
         # Passwordless login (one-time codes), for the portal and /v1/prelogin + /v1/login.
@@ -269,6 +273,10 @@ class LoginSettings:
 class PortalSettings:
     enabled: bool
     title: str
+    logo_url: str | None = None
+    terms_url: str | None = None
+    privacy_url: str | None = None
+    contact_email: str | None = None
 
 
 @dataclass(frozen=True)
