@@ -4,7 +4,9 @@ and give or withdraw consents, and where a DPO reviews requests. Server-rendered
 
 from __future__ import annotations
 
+import logging
 import time
+import traceback
 from typing import Any
 
 from flask import Blueprint, Flask, Response, render_template, request
@@ -14,6 +16,7 @@ from portal.security import csrf_token, harden
 from vault.errors import VaultError
 from vault.web import state
 
+log = logging.getLogger("tokenbunker.portal")
 bp = Blueprint("portal", __name__, template_folder="templates", static_folder="static",
                static_url_path="/portal-static")
 
@@ -73,6 +76,15 @@ def _vault_error(exc: VaultError) -> tuple[str, int]:
     status = exc.status if exc.status < 500 else 503
     message = exc.message if exc.status < 500 else "The service is unavailable right now. Please try again later."
     return render_template("error.html", status=status, message=message), status
+
+
+@bp.errorhandler(Exception)
+def _unexpected(exc: Exception) -> tuple[str, int]:
+    # Where it broke, never what it held: the exception's text could carry a value.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("portal: unexpected %s on %s %s\n%s", type(exc).__name__, request.method, request.url_rule, frames)
+    return render_template("error.html", status=500, message="Something went wrong on our side. Please try again "
+                           "later."), 500
 
 
 def client_address() -> str:

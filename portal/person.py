@@ -13,7 +13,7 @@ from portal.auth import current_person, person_required
 from portal.security import PERSON_COOKIE, PRE_COOKIE, check_csrf, clear_cookie, set_cookie
 from portal.words import ago, sentence
 from vault.config import ApprovalSettings
-from vault.errors import BadInput, NotFound, RateLimited, Unauthorized, Unavailable
+from vault.errors import BadInput, Conflict, NotFound, RateLimited, Unauthorized, Unavailable
 from vault.notify import Message
 from vault.web import login_policy, state
 
@@ -173,10 +173,10 @@ def edit_save() -> Any:
         return redirect(url_for("portal.me"), code=303)
     try:
         result, _ref = vault.apply_or_request(_policy(), "change-profile", "token", _person(), patch, by="self")
-    except BadInput as exc:
-        return _page("edit.html", 400, fields=[(k, request.form.get(f"field.{k}", v)) for k, v in _editable(profile)],
-                     fixed=_fixed(profile), dpo=_policy().change_profile == "dpo",
-                     notices=[("error", _friendly(exc.message))])
+    except (BadInput, Conflict) as exc:
+        typed = [(k, request.form.get(f"field.{k}", v)) for k, v in _editable(profile)]
+        return _page("edit.html", exc.status, fields=typed, fixed=_fixed(profile),
+                     dpo=_policy().change_profile == "dpo", notices=[("error", _friendly(exc.message))])
     return redirect(url_for("portal.me", **{"sent" if result == "request-created" else "saved": 1}), code=303)
 
 

@@ -39,13 +39,13 @@ def owned_tokens(conn: Connection, keys: DataKeys, ref: PersonRef, now: int) -> 
 
 
 def group_tokens(tokens: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """By kind, then by route: [{kind, routes: [{route, values: [...]}]}], values without repeats."""
+    """By kind, then by route: [{kind, routes: [{route, found: [values...]}]}], without repeats."""
     kinds: dict[str, dict[str | None, list[str]]] = {}
     for t in tokens:
         values = kinds.setdefault(t["kind"], {}).setdefault(t["route"], [])
         if t["value"] not in values:
             values.append(t["value"])
-    return [{"kind": kind, "routes": [{"route": route, "values": values} for route, values in routes.items()]}
+    return [{"kind": kind, "routes": [{"route": route, "found": values} for route, values in routes.items()]}
             for kind, routes in sorted(kinds.items())]
 
 
