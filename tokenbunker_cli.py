@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 DEV_KEY_FILE = "data/master.key"
+DEV_OUTBOX = "data/outbox.jsonl"
 NEW_KEY_ENV = "TOKENBUNKER_NEW_MASTER_KEY"
 
 
@@ -219,6 +220,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"tokenbunker: development master key written to {key_file} (mode 0600); "
                   f"for production give {MASTER_KEY_ENV} instead", flush=True)
         os.environ["TOKENBUNKER_VAULT_MASTER_KEY_FILE"] = str(key_file)
+        config = _config(args)
+    if not (config.notify.outbox or config.notify.smtp_host or config.notify.sms_url):
+        # Development: the portal's login codes go to a local file (the contract's notify.outbox), not to people.
+        os.environ["TOKENBUNKER_NOTIFY_OUTBOX"] = DEV_OUTBOX
         config = _config(args)
     from vault.up import run_all
 

@@ -74,9 +74,12 @@ def run_all(config: Config, config_path: str | None) -> int:
             print("tokenbunker: the sidecar did not start; see its messages above", file=sys.stderr)
             return 1
         sidecar = f"http://{_url_host(config.proxy.listen_host)}:{config.proxy.listen_port}"
+        portal_note = (f"      (login codes are written to {config.notify.outbox})" if config.notify.outbox else "")
         print(f"""
 tokenbunker: up.
   vault API   http://{_url_host(api_host)}:{api_port}/v1/   (X-Bunker-Token: the root token above)
+  portal      http://{_url_host(api_host)}:{api_port}/{portal_note}
+  DPO console http://{_url_host(api_host)}:{api_port}/dpo   (log in with the root token)
   sidecar     {sidecar}  ->  {upstream or "(forward proxy mode)"}
 Try it:
   curl -s {sidecar}/api/users -H 'Content-Type: application/json' \\
