@@ -200,3 +200,23 @@ def test_codes_go_out_through_a_real_smtp_server() -> None:
         controller.stop()
     text = received[0].decode()
     assert "To: kim@example.com" in text and "From: Portal <portal@example.org>" in text and "123456" in text
+
+
+def test_a_session_reaches_its_own_records_through_every_family(client: FlaskClient, app: Flask, vault: Vault,
+                                                                outbox: Path) -> None:
+    kim = vault.create_person({"email": "kim@example.com"})
+    lee = vault.create_person({"email": "lee@example.com"})
+    for pid in (kim, lee):
+        vault.create_app_record("token", pid, "shop", {"plan": "gold"}, by="t")
+        vault.give_consent("news", "token", pid)
+    mine = {"X-Bunker-Token": _login(client, app, outbox, "kim@example.com")}
+    for path in (f"/v1/userapp/token/{kim}/shop", f"/v1/userapp/token/{kim}", f"/v1/agreements/token/{kim}",
+                 f"/v1/agreement/news/token/{kim}", f"/v1/sessions/token/{kim}", f"/v1/audit/list/{kim}"):
+        assert client.get(path, headers=mine).status_code == 200, path
+        other = path.replace(kim, lee)
+        assert client.get(other, headers=mine).status_code == 403, other
+    for path in ("/v1/audit/admin", "/v1/requests", "/v1/userapps", "/v1/metrics", "/v1/lbasis"):
+        assert client.get(path, headers=mine).status_code == 403, path
+    assert client.delete(f"/v1/agreement/news/token/{lee}", headers=mine).status_code == 403
+    assert client.delete(f"/v1/agreement/news/token/{kim}", headers=mine).status_code == 200
+    assert vault.get_consent("news", "token", lee).status == "yes"
