@@ -59,7 +59,8 @@ def _brand() -> dict[str, Any]:
 
 @bp.after_request
 def _harden(response: Response) -> Response:
-    return harden(response)
+    harden(response)
+    return response
 
 
 @bp.errorhandler(HTTPException)

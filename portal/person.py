@@ -38,6 +38,10 @@ def _page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
     return render_template(template, nav=nav, notices=notices, **context), status
 
 
+def _flagged(endpoint: str, flag: str) -> str:
+    return url_for(endpoint) + f"?{flag}=1"
+
+
 def _policy() -> ApprovalSettings:
     config = state().config
     return config.approval if config is not None else ApprovalSettings()
@@ -177,7 +181,7 @@ def edit_save() -> Any:
         typed = [(k, request.form.get(f"field.{k}", v)) for k, v in _editable(profile)]
         return _page("edit.html", exc.status, fields=typed, fixed=_fixed(profile),
                      dpo=_policy().change_profile == "dpo", notices=[("error", _friendly(exc.message))])
-    return redirect(url_for("portal.me", **{"sent" if result == "request-created" else "saved": 1}), code=303)
+    return redirect(_flagged("portal.me", "sent" if result == "request-created" else "saved"), code=303)
 
 
 def _friendly(message: str) -> str:
@@ -213,8 +217,8 @@ def consent_change(brief: str) -> Any:
                                                   by="self")
         except NotFound:
             return redirect(url_for("portal.consents"), code=303)  # nothing to withdraw
-        return redirect(url_for("portal.consents", **{"withdraw-sent" if result == "request-created"
-                                                       else "withdrawn": 1}), code=303)
+        return redirect(_flagged("portal.consents", "withdraw-sent" if result == "request-created" else "withdrawn"),
+                        code=303)
     raise BadInput("choose give or withdraw")
 
 
@@ -259,7 +263,7 @@ def forget_confirm() -> Any:
     vault = state().vault
     result, _ref = vault.apply_or_request(_policy(), "forget-me", "token", _person(), by="self")
     if result == "request-created":
-        return redirect(url_for("portal.me", **{"forget-sent": 1}), code=303)
+        return redirect(_flagged("portal.me", "forget-sent"), code=303)
     response = Response(render_template("forgotten.html", nav=None, notices=()))
     clear_cookie(response, PERSON_COOKIE)
     return response

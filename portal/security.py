@@ -10,7 +10,8 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from flask import Response, abort, g, request
+from flask import abort, g, request
+from werkzeug.wrappers import Response
 
 from vault.web import state
 

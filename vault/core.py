@@ -44,6 +44,7 @@ from vault.errors import BadInput, Conflict, NotFound, RateLimited, Unavailable,
 from vault.formats import TOKEN_PATTERN
 from vault.identity import INDEX_MODES, IdentityError, index_values, normalize
 from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
+from vault.login import Policy as LoginPolicy
 from vault.models import data_keys_table, forgotten_table, meta_table, people_table
 from vault.patching import PatchError, apply_change
 from vault.tokens import TokenInfo, TokenRequest
@@ -759,7 +760,10 @@ class Vault:
         if action == "forget-me":
             return self.forget_person(mode, ident, by=by)
         if action == "agreement-withdraw":
-            return self.withdraw_consent(brief or "", mode, ident, by=by)
+            withdrawn = self.withdraw_consent(brief or "", mode, ident, by=by)
+            if withdrawn is None:  # a pending agreement: no person yet (requests always have one)
+                raise NotFound("person not found")
+            return withdrawn
         if action == "change-app-data":
             # Written by the app-records work (vault/records.py); looked up so that either merge order works.
             change_app_record = getattr(self, "change_app_record", None)
@@ -1073,7 +1077,7 @@ class Vault:
 
     # -- passwordless login (vault/login.py) -------------------------------------------------------------------
 
-    def request_login_code(self, mode: str, ident: str, client: str, policy: login.Policy) -> tuple[str, str] | None:
+    def request_login_code(self, mode: str, ident: str, client: str, policy: LoginPolicy) -> tuple[str, str] | None:
         """A one-time code for a known identity: (normalised address, code) for the caller to send; None when the
         identity is unknown. Raises RateLimited past the limits, for known and unknown identities alike."""
         def work(conn: Connection) -> tuple[str, str] | RateLimited | None:
@@ -1091,7 +1095,7 @@ class Vault:
             raise result
         return result
 
-    def login(self, mode: str, ident: str, code: str, client: str, policy: login.Policy) -> tuple[str, str]:
+    def login(self, mode: str, ident: str, code: str, client: str, policy: LoginPolicy) -> tuple[str, str]:
         """Exchange a code for a session: (person uuid, session token)."""
         def work(conn: Connection) -> tuple[str, str] | VaultError:
             person = login.check_code(conn, self.keyring, mode, ident, code, client, self.default_country, policy,
@@ -1107,13 +1111,13 @@ class Vault:
             raise result
         return result
 
-    def person_session(self, token: str, policy: login.Policy) -> tuple[str, str] | None:
+    def person_session(self, token: str, policy: LoginPolicy) -> tuple[str, str] | None:
         """(session id, person uuid) for a live session token, else None (idle, expired, logged out, forgotten)."""
         digest = self.keyring.api_token_hash(token)
         found = self._run_write(lambda conn: login.find_session(conn, digest, policy, self.now()))
         return None if found is None else (found[0], found[1])
 
-    def open_console_session(self, grant: apitokens.Grant, token_hash: bytes, policy: login.Policy) -> str:
+    def open_console_session(self, grant: apitokens.Grant, token_hash: bytes, policy: LoginPolicy) -> str:
         """A DPO console session for the API token whose keyed hash is `token_hash` (root or one with scope dpo)."""
         def work(conn: Connection) -> str:
             _session_id, token = login.open_session(conn, self.keyring, grant.id, policy, self.now(), kind="dpo",
@@ -1123,7 +1127,7 @@ class Vault:
 
         return self._run_write(work)
 
-    def console_session(self, token: str, policy: login.Policy) -> tuple[str, bytes] | None:
+    def console_session(self, token: str, policy: LoginPolicy) -> tuple[str, bytes] | None:
         """(session id, the API token's keyed hash) of a live DPO console session."""
         digest = self.keyring.api_token_hash(token)
         found = self._run_write(lambda conn: login.find_session(conn, digest, policy, self.now(), kind="dpo"))

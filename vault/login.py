@@ -76,16 +76,17 @@ def _count(conn: Connection, key: bytes, now: int, per_hour: int, lockout: int) 
     """One more attempt under `key`; past `per_hour` in the current hour the key is locked for `lockout`."""
     if (refused := _check_lock(conn, key, now)) is not None:
         return refused
-    row = conn.execute(select(limits.c.window_start, limits.c.count).where(limits.c.key == key)).first()
+    # "count" is also a tuple method of Row: read it under another name.
+    row = conn.execute(select(limits.c.window_start, limits.c.count.label("n")).where(limits.c.key == key)).first()
     if row is None:
         conn.execute(insert(limits).values(key=key, window_start=now, count=1, locked_until=None))
     elif now - row.window_start >= _HOUR:
         conn.execute(update(limits).where(limits.c.key == key).values(window_start=now, count=1, locked_until=None))
-    elif row.count + 1 > per_hour:
+    elif row.n + 1 > per_hour:
         conn.execute(update(limits).where(limits.c.key == key).values(locked_until=now + lockout))
         return _locked(now + lockout, now)
     else:
-        conn.execute(update(limits).where(limits.c.key == key).values(count=row.count + 1))
+        conn.execute(update(limits).where(limits.c.key == key).values(count=row.n + 1))
     return None
 
 
@@ -136,14 +137,15 @@ def check_code(conn: Connection, keyring: KeyRing, mode: str, ident: str, code: 
     elif row is not None:
         conn.execute(update(codes).where(codes.c.identity == identity).values(attempts=row.attempts + 1))
     # The wrong guesses of an identity are counted whether it is known or not.
-    failures = conn.execute(select(limits).where(limits.c.key == guess_key)).first()
+    failures = conn.execute(select(limits.c.window_start, limits.c.locked_until, limits.c.count.label("n"))
+                            .where(limits.c.key == guess_key)).first()
     if failures is None or now - failures.window_start >= _HOUR or failures.locked_until is not None:
         # A new hour, or a lockout served: the count starts again.
         conn.execute(delete(limits).where(limits.c.key == guess_key))
         conn.execute(insert(limits).values(key=guess_key, window_start=now, count=1, locked_until=None))
         count = 1
     else:
-        count = failures.count + 1
+        count = failures.n + 1
         conn.execute(update(limits).where(limits.c.key == guess_key).values(count=count))
     if count >= policy.max_attempts:
         conn.execute(update(limits).where(limits.c.key == guess_key).values(locked_until=now + policy.lockout))
