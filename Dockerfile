@@ -1,4 +1,4 @@
-# Tokenbunker: the vault API (and, as they land, the portal and the sidecar).
+# Tokenbunker: the vault API and the privacy portal (`tokenbunker serve`); `tokenbunker proxy` runs the sidecar.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1

@@ -37,7 +37,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet ruff mypy types-PyYAML
-	$(VENV)/bin/python -m ruff check vault tests bench tokenbunker_cli.py
+	$(VENV)/bin/python -m ruff check vault rules proxy_addons portal tests bench tokenbunker_cli.py
 	$(VENV)/bin/python -m mypy
 
 clean:
