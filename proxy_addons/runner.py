@@ -50,6 +50,7 @@ from mitmproxy.addons import (
     upstream_auth,
 )
 
+from proxy_addons.accesslog import AccessLog
 from proxy_addons.tokenize import Tokenbunker
 
 
@@ -70,6 +71,7 @@ class LeanMaster(master.Master):
             keepserving.KeepServing(),
             errorcheck.ErrorCheck(),
             Tokenbunker(),
+            AccessLog(),  # after the sidecar: it logs the flow as the sidecar left it
         )
         loader = addonmanager.Loader(self)
         for idle in (browser.Browser(), strip_dns_https_records.StripDnsHttpsRecords(), blocklist.BlockList(),

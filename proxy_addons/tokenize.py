@@ -21,6 +21,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 
 from proxy_addons import bodylimit, logfilter
+from proxy_addons.accesslog import AccessLog
 from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError, read_subject
 from proxy_addons.vaultclient import HttpVault, InProcessVault, VaultClient
 from rules.compiler import RulesError, load_rules
@@ -249,4 +250,4 @@ def _mtime(path: str) -> float:
         return -1.0
 
 
-addons = [Tokenbunker()]
+addons = [Tokenbunker(), AccessLog()]

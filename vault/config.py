@@ -116,6 +116,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_body_bytes": Field("int", 10485760, min=1024),
         "log_client_ip": Field("str", "drop", check=lambda v: v in ("drop", "hash", "keep"),
                                expect="drop, hash or keep"),
+        "access_log": Field("str", None, optional=True),  # the sidecar's access log, scrubbed by the logs: rules
     },
     "demo": {
         # `tokenbunker up` starts a small legacy app here for the sidecar to stand in front of.
@@ -229,6 +230,7 @@ class ProxySettings:
     upstream: str | None
     max_body_bytes: int
     log_client_ip: str
+    access_log: str | None = None
 
 
 @dataclass(frozen=True)
