@@ -14,8 +14,7 @@ from portal.security import PERSON_COOKIE, PRE_COOKIE, check_csrf, clear_cookie,
 from portal.words import ago, sentence
 from vault.config import ApprovalSettings
 from vault.errors import BadInput, Conflict, NotFound, RateLimited, Unauthorized, Unavailable
-from vault.notify import Message
-from vault.web import login_policy, state
+from vault.web import login_policy, send_login_code, state
 
 NAV = [("portal.me", "My data"), ("portal.consents", "Consents"), ("portal.activity", "Who used my data"),
        ("portal.export", "Download my data"), ("portal.forget", "Forget me")]
@@ -68,27 +67,15 @@ def login_start() -> Any:
     if not identity:
         return _page("login.html", 400, notices=[("error", "Enter your email address or phone number.")])
     mode = _mode_of(identity)
-    api = state()
-    policy = login_policy()
-    channel = "email" if mode == "email" else "sms"
     try:
-        if not api.notifier.can_send(channel):
-            raise Unavailable(f"Login by {'email' if mode == 'email' else 'text message'} is not set up here.")
-        made = api.vault.request_login_code(mode, identity, client_address(), policy)
+        send_login_code(mode, identity, client_address())
     except BadInput:
         return _page("login.html", 400, identity=identity, notices=[
             ("error", "That does not look like an email address or a phone number. Please check it.")])
     except (RateLimited, Unavailable) as exc:
         return _page("login.html", exc.status, identity=identity, notices=[("error", exc.message)])
-    if made is not None:
-        address, code = made
-        minutes = max(1, policy.code_ttl // 60)
-        title = api.config.portal.title if api.config is not None else "Tokenbunker"
-        api.notifier.send(Message(address, channel, f"{title}: your login code",
-                                  f"Your login code is {code}. It expires in {minutes} minutes and works once.\n"
-                                  "If you did not ask for it, ignore this message."))
     # The same page whether or not we know this identity: nobody learns who has data here.
-    return _page("code.html", identity=identity, mode=mode, minutes=max(1, policy.code_ttl // 60))
+    return _page("code.html", identity=identity, mode=mode, minutes=max(1, login_policy().code_ttl // 60))
 
 
 @bp.post("/login/code")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from vault.errors import Unauthorized, Unavailable
-from vault.login import LOGIN_MODES, SESSION_PREFIX
-from vault.notify import Message
-from vault.web import login_policy, state
+from vault.errors import Unauthorized
+from vault.login import SESSION_PREFIX
+from vault.web import login_policy, send_login_code, state
 
 bp = Blueprint("login", __name__, url_prefix="/v1")
 
@@ -24,19 +23,7 @@ def _client() -> str:
 @bp.get("/prelogin/<mode>/<ident>/<path:captcha>")
 def prelogin(mode: str, ident: str, captcha: str | None = None) -> Response:
     """Send a one-time code (the captcha segments Databunker takes are accepted and ignored: limits stand in)."""
-    api = state()
-    channel = "email" if mode == "email" else "sms"
-    if mode in LOGIN_MODES and not api.notifier.can_send(channel):
-        raise Unavailable(f"no {channel} sender is configured (notify.*): login codes cannot be sent")
-    policy = login_policy()
-    made = api.vault.request_login_code(mode, ident, _client(), policy)
-    if made is not None:
-        address, code = made
-        minutes = max(1, policy.code_ttl // 60)
-        title = api.config.portal.title if api.config is not None else "Tokenbunker"
-        api.notifier.send(Message(address, channel, f"{title}: your login code",
-                                  f"Your login code is {code}. It expires in {minutes} minutes and works once.\n"
-                                  "If you did not ask for it, ignore this message."))
+    send_login_code(mode, ident, _client())
     return jsonify(status="ok", result="code-sent")
 
 

@@ -19,9 +19,9 @@ from flask import Response, current_app, g, jsonify, request
 from vault.apitokens import Grant
 from vault.config import Config, LoginSettings, parse_duration
 from vault.core import Vault
-from vault.errors import BadInput, Forbidden, TooLarge, Unauthorized
-from vault.login import SESSION_PREFIX, Policy
-from vault.notify import Notifier
+from vault.errors import BadInput, Forbidden, TooLarge, Unauthorized, Unavailable
+from vault.login import LOGIN_MODES, SESSION_PREFIX, Policy
+from vault.notify import Message, Notifier
 
 EXT = "tokenbunker"
 
@@ -168,3 +168,21 @@ def list_args() -> tuple[int, int]:
     if offset < 0 or not 1 <= limit <= 100:
         raise BadInput("offset must be >= 0 and limit from 1 to 100")
     return offset, limit
+
+
+def send_login_code(mode: str, ident: str, client: str) -> None:
+    """A one-time code to a known email or phone (nothing to an unknown one; the caller answers the same either
+    way). Raises BadInput for a malformed address, RateLimited past the limits, Unavailable with no sender."""
+    api = state()
+    channel = "email" if mode == "email" else "sms"
+    if mode in LOGIN_MODES and not api.notifier.can_send(channel):
+        raise Unavailable(f"no {channel} sender is configured (notify.*): login codes cannot be sent")
+    policy = login_policy()
+    made = api.vault.request_login_code(mode, ident, client, policy)
+    if made is not None:
+        address, code = made
+        minutes = max(1, policy.code_ttl // 60)
+        title = api.config.portal.title if api.config is not None else "Tokenbunker"
+        api.notifier.send(Message(address, channel, f"{title}: your login code",
+                                  f"Your login code is {code}. It expires in {minutes} minutes and works once.\n"
+                                  "If you did not ask for it, ignore this message."))
