@@ -131,7 +131,7 @@ def dpo_home() -> Any:
         status = "open"
     offset = offset_arg()
     total, rows = state().vault.requests(status, offset, PAGE)
-    return page("dpo_requests.html", rows=rows, total=total, status=status, offset=offset, size=PAGE)
+    return page("dpo_requests.html", rows=rows, total=total, shown=status, offset=offset, size=PAGE)
 
 
 _MISSING = object()
