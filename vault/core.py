@@ -40,7 +40,7 @@ from vault.config import RetentionSettings
 from vault.datakeys import SHARED_KEY_ID, DataKeys
 from vault.db import READ_OPTION, WRITE_OPTION, make_engine
 from vault.durations import parse_expiry
-from vault.errors import BadInput, Conflict, NotFound, RateLimited, Unavailable, VaultError, WrongKey
+from vault.errors import BadInput, Conflict, NotFound, RateLimited, Unauthorized, Unavailable, VaultError, WrongKey
 from vault.formats import TOKEN_PATTERN
 from vault.identity import INDEX_MODES, IdentityError, index_values, normalize
 from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
@@ -1117,15 +1117,28 @@ class Vault:
         found = self._run_write(lambda conn: login.find_session(conn, digest, policy, self.now()))
         return None if found is None else (found[0], found[1])
 
-    def open_console_session(self, grant: apitokens.Grant, token_hash: bytes, policy: LoginPolicy) -> str:
-        """A DPO console session for the API token whose keyed hash is `token_hash` (root or one with scope dpo)."""
-        def work(conn: Connection) -> str:
-            _session_id, token = login.open_session(conn, self.keyring, grant.id, policy, self.now(), kind="dpo",
+    def console_login(self, grant: apitokens.Grant | None, token_hash: bytes, client: str,
+                      policy: LoginPolicy) -> str:
+        """Open a DPO console session for the API token whose keyed hash is `token_hash`, whose grant the caller
+        looked up (None: wrong, revoked, expired or without the scope dpo). Wrong tokens count against `client`
+        (vault/login.py: console_failed); raises Unauthorized for a wrong token, RateLimited while locked out."""
+        def work(conn: Connection) -> str | VaultError:
+            now = self.now()
+            if (refused := login.console_locked(conn, self.keyring, client, now)) is not None:
+                return refused
+            if grant is None:
+                locked = login.console_failed(conn, self.keyring, client, now)
+                return locked if locked is not None else Unauthorized("that token cannot open the DPO console")
+            login.console_succeeded(conn, self.keyring, client)
+            _session_id, token = login.open_session(conn, self.keyring, grant.id, policy, now, kind="dpo",
                                                     grant_hash=token_hash)
             self._audit(conn, [audit.Event(f"console:{grant.name}", "login", None, None)])
             return token
 
-        return self._run_write(work)
+        result = self._run_write(work)
+        if isinstance(result, VaultError):
+            raise result
+        return result
 
     def console_session(self, token: str, policy: LoginPolicy) -> tuple[str, bytes] | None:
         """(session id, the API token's keyed hash) of a live DPO console session."""

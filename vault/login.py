@@ -153,6 +153,38 @@ def check_code(conn: Connection, keyring: KeyRing, mode: str, ident: str, code: 
     return Unauthorized(_WRONG)
 
 
+# The DPO console: wrong API tokens pasted from one client address, counted per hour before it is locked out.
+CONSOLE_PER_HOUR = 10
+CONSOLE_LOCKOUT = _HOUR
+
+
+def console_locked(conn: Connection, keyring: KeyRing, client: str, now: int) -> RateLimited | None:
+    """The refusal when `client` is locked out of the console's login, else None."""
+    return _check_lock(conn, _limit_key(keyring, "console", client), now)
+
+
+def console_failed(conn: Connection, keyring: KeyRing, client: str, now: int) -> RateLimited | None:
+    """One more wrong token from `client`; the refusal once it makes CONSOLE_PER_HOUR in the hour (the client is
+    then locked for CONSOLE_LOCKOUT, whatever token it tries)."""
+    key = _limit_key(keyring, "console", client)
+    row = conn.execute(select(limits).where(limits.c.key == key)).first()
+    if row is None or now - row.window_start >= _HOUR or row.locked_until is not None:
+        conn.execute(delete(limits).where(limits.c.key == key))
+        conn.execute(insert(limits).values(key=key, window_start=now, count=1, locked_until=None))
+        count = 1
+    else:
+        count = row.count + 1
+        conn.execute(update(limits).where(limits.c.key == key).values(count=count))
+    if count >= CONSOLE_PER_HOUR:
+        conn.execute(update(limits).where(limits.c.key == key).values(locked_until=now + CONSOLE_LOCKOUT))
+        return _locked(now + CONSOLE_LOCKOUT, now)
+    return None
+
+
+def console_succeeded(conn: Connection, keyring: KeyRing, client: str) -> None:
+    conn.execute(delete(limits).where(limits.c.key == _limit_key(keyring, "console", client)))
+
+
 def open_session(conn: Connection, keyring: KeyRing, person_id: str, policy: Policy, now: int, *,
                  kind: str = "person", grant_hash: bytes | None = None) -> tuple[str, str]:
     """A new session: (session id, token). Only the token's keyed hash is stored. A DPO console session ("dpo")
