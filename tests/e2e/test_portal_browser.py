@@ -12,6 +12,7 @@ Screenshots of the main pages go to docs/screenshots/ (375 px wide).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,11 +199,29 @@ def test_a_person_from_the_sidecar_to_forgotten(stack: PortalStack) -> None:
             assert email in page.locator("main").inner_text()  # nothing is deleted before the DPO decides
             shot(page, "07-forget-sent")
 
-            # The DPO approves. (API for now.)
-            # TODO(DPO console): when /dpo lands, do this in a second browser context instead: log in at /dpo with
-            # the root token, open the forget-me request, check its before/after view, click "Approve".
-            [request] = [r for r in stack.api("GET", "/v1/requests?status=open")["rows"] if r["action"] == "forget-me"]
-            stack.api("POST", f"/v1/request/{request['rtoken']}")
+            # The DPO approves in the console, in a browser of their own: log in with the root token, open the
+            # forget-me request, read what approving does, click Approve.
+            dpo = browser.new_context(viewport=PHONE_VIEWPORT)
+            watch.attach(dpo)
+            console = dpo.new_page()
+            console.goto(base + "/dpo")
+            console.wait_for_url(base + "/dpo/login")
+            watch.check_pages(console)
+            console.get_by_label("Your API token").fill(stack.root)
+            console.get_by_role("button", name="Open the console").click()
+            console.wait_for_url(base + "/dpo")
+            watch.check_pages(console)
+            console.get_by_role("link", name=re.compile("Forget")).first.click()
+            console.wait_for_load_state()
+            watch.check_pages(console)
+            assert email in console.locator("main").inner_text()  # the profile that goes, shown to the DPO
+            shot(console, "09-dpo-request")
+            console.get_by_role("button", name="Approve: forget this person").click()
+            console.wait_for_load_state()
+            watch.check_pages(console)
+            assert stack.api("GET", "/v1/requests?status=open")["total"] == 0
+            assert watch.urls_with([stack.root]) == []  # the token went in a form body, never a URL
+            dpo.close()
 
             # The person's next page load finds them logged out.
             page.reload()
