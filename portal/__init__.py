@@ -54,7 +54,7 @@ def _brand() -> dict[str, Any]:
         "terms": portal.terms_url if portal else None,
         "privacy": portal.privacy_url if portal else None,
         "contact": portal.contact_email if portal else None,
-    }, "nav": None, "notices": (), "logout_endpoint": "portal.logout"}
+    }, "nav": None, "notices": (), "logout_endpoint": "portal.logout", "home_endpoint": "portal.home"}
 
 
 @bp.after_request

@@ -42,7 +42,8 @@ def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
     """A console page: its notices (from flags and the view), the console's nav once logged in."""
     notices = [FLAGS[name] for name in FLAGS if request.args.get(name)] + list(context.pop("notices", []))
     nav = NAV if current_dpo() is not None else None
-    return render_template(template, nav=nav, logout_endpoint="portal.dpo_logout", notices=notices,
+    return render_template(template, nav=nav, logout_endpoint="portal.dpo_logout", home_endpoint="portal.dpo_home",
+                           notices=notices,
                            actions=ACTION_WORDS, statuses=STATUS_WORDS, asker=asker, **context), status
 
 

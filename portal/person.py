@@ -11,7 +11,7 @@ from flask import Response, redirect, render_template, request, url_for
 from portal import bp, client_address
 from portal.auth import current_person, person_required
 from portal.security import PERSON_COOKIE, PRE_COOKIE, check_csrf, clear_cookie, set_cookie
-from portal.words import ago, sentence
+from portal.words import KIND_TITLES, ago, sentence
 from vault.config import ApprovalSettings
 from vault.errors import BadInput, Conflict, NotFound, RateLimited, Unauthorized, Unavailable
 from vault.web import login_policy, send_login_code, state
@@ -24,8 +24,8 @@ FLAGS = {  # ?flag=1 after a redirect: which notice to show (never data in a URL
     "given": ("ok", "Thank you: your consent is recorded."),
     "withdrawn": ("ok", "Your consent is withdrawn. We stop using your data for that purpose now."),
     "withdraw-sent": ("info", "Your withdrawal was sent to our data protection officer for approval."),
-    "forget-sent": ("info", "Your request to be forgotten was sent to our data protection officer. We will tell "
-                            "you when it is done."),
+    "forget-sent": ("info", "Your request to be forgotten was sent to our data protection officer. Once it is "
+                            "approved your data is deleted and you can no longer log in here."),
     "out": ("ok", "You are logged out."),
     "expired": ("warn", "Your session ended. Please log in again."),
 }
@@ -125,7 +125,8 @@ def me() -> Any:
     from vault.selfservice import group_tokens
 
     data = state().vault.my_data(_person())
-    return _page("me.html", data=data, groups=group_tokens(data["tokens"]), now=state().vault.now())
+    return _page("me.html", data=data, groups=group_tokens(data["tokens"]), now=state().vault.now(),
+                 kind_words=KIND_TITLES)
 
 
 def _editable(profile: dict[str, Any]) -> list[tuple[str, str]]:
@@ -234,10 +235,15 @@ def activity() -> Any:
     return _page("activity.html", rows=rows)
 
 
+def _forget_pending() -> bool:
+    _total, rows = state().vault.requests("open", 0, 100, mode="token", ident=_person())
+    return any(row["action"] == "forget-me" for row in rows)
+
+
 @bp.get("/me/forget")
 @person_required
 def forget() -> Any:
-    return _page("forget.html", dpo=_policy().forget_me == "dpo")
+    return _page("forget.html", dpo=_policy().forget_me == "dpo", pending=_forget_pending())
 
 
 @bp.post("/me/forget")
@@ -245,9 +251,11 @@ def forget() -> Any:
 def forget_confirm() -> Any:
     check_csrf()
     if request.form.get("confirm") != "yes":
-        return _page("forget.html", 400, dpo=_policy().forget_me == "dpo",
+        return _page("forget.html", 400, dpo=_policy().forget_me == "dpo", pending=False,
                      notices=[("error", "Tick the box to confirm that you want your data deleted.")])
     vault = state().vault
+    if _forget_pending():
+        return redirect(_flagged("portal.forget", "forget-sent"), code=303)  # asked already: not twice
     result, _ref = vault.apply_or_request(_policy(), "forget-me", "token", _person(), by="self")
     if result == "request-created":
         return redirect(_flagged("portal.me", "forget-sent"), code=303)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-KIND_WORDS = {"ip": "IP address", "card": "card number", "ssn": "social security number", "login": "user name"}
+KIND_WORDS = {"ip": "IP address", "card": "card number", "ssn": "social security number", "login": "user name",
+              "email": "email address", "phone": "phone number"}
+KIND_TITLES = {kind: words[0].upper() + words[1:] for kind, words in KIND_WORDS.items()}
 
 
 def who(actor: str) -> str:
@@ -46,7 +48,8 @@ def sentence(row: dict[str, Any]) -> str:
         "read": f"{actor} looked at your data" if detail.get("via") != "list" else f"{actor} listed your record",
         "change": f"{actor} changed your profile",
         "forget": f"{actor} deleted your data",
-        "tokenize": f"{actor} stored your {kinds(detail)} as a token{via}",
+        "tokenize": f"{actor} stored your {kinds(detail)} as {'a token' if detail.get('count', 1) == 1 else 'tokens'}"
+                    f"{via}",
         "reveal": (f"{actor} revealed your {kinds(detail)} to route {route}" if row.get("status") == "ok" and route
                    else f"{actor} revealed your {kinds(detail)}" if row.get("status") == "ok"
                    else f"{actor} was refused your {kinds(detail)}{via}: your consent was not given"),

@@ -161,8 +161,8 @@ def test_a_person_from_the_sidecar_to_forgotten(stack: PortalStack) -> None:
             page.wait_for_url(base + "/me/activity")
             watch.check_pages(page)
             trail = page.locator("main").inner_text()
-            assert "The sidecar stored your email and phone as a token for route signup" in trail, trail
-            assert "The sidecar revealed your email to route newsletter" in trail, trail
+            assert "The sidecar stored your email address and phone number as tokens for route signup" in trail, trail
+            assert "The sidecar revealed your email address to route newsletter" in trail, trail
             assert "your consent was not given" in trail, trail
             assert f"You gave consent to “{PURPOSE}”" in trail and f"You withdrew consent to “{PURPOSE}”" in trail
             assert "You logged in" in trail

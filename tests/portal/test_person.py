@@ -84,7 +84,7 @@ def test_login_then_my_data_shows_tokens_revealed_by_kind_and_route(client: Flas
     cookie = next(c for c in client._cookies.values() if c.key == "tb_session")  # type: ignore[attr-defined]
     assert cookie.http_only and cookie.same_site == "Strict"
     html = client.get("/me").get_data(as_text=True)
-    for text in ("Kim", "+447700900123", "from signup", "shop", "gold", "phone", "email"):
+    for text in ("Kim", "+447700900123", "from signup", "shop", "gold", "Phone number", "Email address"):
         assert text in html, text
 
 
@@ -188,8 +188,9 @@ def test_download_and_activity_in_plain_words(client: FlaskClient, app: Flask, v
     vault.detokenize_explained(flow.tokens, purpose="sms", by="sidecar", route="sms-gateway")
     log_in(client, app, outbox, "kim@example.com")
     activity = client.get("/me/activity").get_data(as_text=True)
-    assert "The sidecar revealed your phone to route sms-gateway" in activity
-    assert "The sidecar stored your phone as a token for route signup" in activity and "You logged in" in activity
+    assert "The sidecar revealed your phone number to route sms-gateway" in activity
+    assert "The sidecar stored your phone number as a token for route signup" in activity
+    assert "You logged in" in activity
     download = client.get("/me/export")
     assert download.mimetype == "application/json" and "attachment" in download.headers["Content-Disposition"]
     data = download.get_json()
@@ -223,6 +224,11 @@ def test_forget_me_waits_for_a_dpo_when_configured(make_app: MakeApp, vault: Vau
     assert asked.status_code == 303 and "forget-sent=1" in asked.headers["Location"]
     assert "sent to our data protection officer" in client.get(asked.headers["Location"]).get_data(as_text=True)
     assert vault.person_id_of("token", pid) == pid and vault.requests("open")[0] == 1
+    page = client.get("/me/forget").get_data(as_text=True)
+    assert "you do not need to ask again" in page and "forget_confirm" not in page and 'name="confirm"' not in page
+    again = client.post("/me/forget", data={"csrf": csrf_of(client.get("/me").get_data(as_text=True)),
+                                            "confirm": "yes"})
+    assert again.status_code == 303 and vault.requests("open")[0] == 1  # not asked twice
 
 
 def test_html_is_escaped_everywhere(client: FlaskClient, app: Flask, vault: Vault, outbox: Path) -> None:
