@@ -220,3 +220,40 @@ def test_a_session_reaches_its_own_records_through_every_family(client: FlaskCli
     assert client.delete(f"/v1/agreement/news/token/{lee}", headers=mine).status_code == 403
     assert client.delete(f"/v1/agreement/news/token/{kim}", headers=mine).status_code == 200
     assert vault.get_consent("news", "token", lee).status == "yes"
+
+
+def test_codes_go_out_through_an_sms_gateway_over_http() -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from vault.notify import SmsGateway
+
+    received: list[tuple[str, str, bytes]] = []
+    arrived = threading.Event()
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers["Content-Type"], self.headers.get("Authorization", ""), body))
+            self.send_response(202)
+            self.end_headers()
+            arrived.set()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/send"
+        settings = parse_config(f"notify:\n  sms_url: {url}\n", "t.yaml",
+                                {"TOKENBUNKER_NOTIFY_SMS_AUTH_HEADER": "Authorization: Bearer s3cret"}).notify
+        notifier = Notifier(None, SmsGateway(settings))
+        notifier.send(Message("+447700900123", "sms", "code", 'Your login code is 123456. "Quoted"'))
+        assert arrived.wait(10)
+        notifier.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    content_type, auth, body = received[0]
+    assert content_type == "application/json" and auth == "Bearer s3cret"
+    assert json.loads(body) == {"to": "+447700900123", "text": 'Your login code is 123456. "Quoted"'}
