@@ -8,7 +8,6 @@ connections. Both answer the same two coroutines.
 from __future__ import annotations
 
 import asyncio
-import functools
 import http.client
 import json
 import queue
@@ -18,8 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from vault.audit import Event
-from vault.core import FlowTokenize, FlowTokens, Vault
+from vault.core import FlowReveal, FlowTokenize, FlowTokens, Vault
 from vault.errors import BadInput, Unavailable, VaultError
 from vault.tokens import TokenRequest
 
@@ -31,22 +29,24 @@ class VaultClient(Protocol):
     async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens: ...
 
     async def detokenize(
-        self, tokens: Sequence[str], reveal: str, purpose: str | None, route: str | None = None
-    ) -> tuple[list[str | None], list[str | None]]: ...
+        self, tokens: Sequence[str], reveal: str | Sequence[str], purpose: str | None, route: str | None = None
+    ) -> tuple[list[str | None], list[str | None]]:
+        """`reveal`: "plain" or "masked" for every token, or one of them per token."""
+        ...
 
     def close(self) -> None: ...
 
 
 class InProcessVault:
-    """Tokenize jobs and the audit rows of reveals go to one writer thread, which commits whatever is waiting in
-    one transaction; a flow whose values were revealed goes on only once its audit rows are committed."""
+    """Tokenize and reveal jobs go to one writer thread, which takes whatever is waiting: the tokenize jobs in one
+    transaction, the reveal jobs in another (each value read in the transaction that records its reveal in the
+    audit trail, so a flow's revealed values go on only once their audit rows are committed)."""
 
-    def __init__(self, vault: Vault, readers: int = 4) -> None:
+    def __init__(self, vault: Vault) -> None:
         self.vault = vault
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="tokenbunker-writer", daemon=True)
         self._writer.start()
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tokenbunker-reader")
 
     async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens:
         future: Future[Any] = Future()
@@ -55,16 +55,14 @@ class InProcessVault:
         return result
 
     async def detokenize(
-        self, tokens: Sequence[str], reveal: str, purpose: str | None, route: str | None = None
+        self, tokens: Sequence[str], reveal: str | Sequence[str], purpose: str | None, route: str | None = None
     ) -> tuple[list[str | None], list[str | None]]:
-        loop = asyncio.get_running_loop()
-        values, reasons, rows = await loop.run_in_executor(
-            self._readers, functools.partial(self.vault.reveal, tokens, reveal, purpose, by=ACTOR, route=route))
-        if rows:
-            future: Future[Any] = Future()
-            self._jobs.put((rows, future))
-            await asyncio.wrap_future(future)
-        return values, reasons
+        # One hop to the writer, read and audit in its group's transaction (a reader thread then a writer cost
+        # two hops and two transactions per flow; bench/README.md).
+        future: Future[Any] = Future()
+        self._jobs.put((FlowReveal(tokens, reveal, purpose, route), future))
+        result: tuple[list[str | None], list[str | None]] = await asyncio.wrap_future(future)
+        return result
 
     def _write_loop(self) -> None:
         while True:
@@ -82,18 +80,17 @@ class InProcessVault:
                     break
                 batch.append(more)
             flows = [(work, future) for work, future in batch if isinstance(work, FlowTokenize)]
-            audits = [(work, future) for work, future in batch if not isinstance(work, FlowTokenize)]
+            reveals = [(work, future) for work, future in batch if isinstance(work, FlowReveal)]
             if flows:
                 self._commit(flows, self._tokenize)
-            if audits:
-                self._commit(audits, self._record)
+            if reveals:
+                self._commit(reveals, self._reveal)
 
     def _tokenize(self, flows: list[Any]) -> Sequence[Any]:
         return self.vault.tokenize_flows(flows, by=ACTOR)
 
-    def _record(self, groups: list[Any]) -> Sequence[Any]:
-        self.vault.record_audit([row for rows in groups for row in rows])
-        return [None] * len(groups)
+    def _reveal(self, flows: list[Any]) -> Sequence[Any]:
+        return self.vault.reveal_flows(flows, by=ACTOR)
 
     @staticmethod
     def _commit(jobs: list[_Job], work: Callable[[list[Any]], Sequence[Any]]) -> None:
@@ -107,11 +104,10 @@ class InProcessVault:
     def close(self) -> None:
         self._jobs.put(None)
         self._writer.join(timeout=5)
-        self._readers.shutdown(wait=True, cancel_futures=True)
         self.vault.close()
 
 
-_Job = tuple[FlowTokenize | Sequence[Event], Future[Any]]
+_Job = tuple[FlowTokenize | FlowReveal, Future[Any]]
 
 
 def _settle(future: Future[Any], result: Any) -> None:
@@ -152,8 +148,19 @@ class HttpVault:
         return FlowTokens(answer.get("subject"), list(answer["tokens"]))
 
     async def detokenize(
-        self, tokens: Sequence[str], reveal: str, purpose: str | None, route: str | None = None
+        self, tokens: Sequence[str], reveal: str | Sequence[str], purpose: str | None, route: str | None = None
     ) -> tuple[list[str | None], list[str | None]]:
+        if not isinstance(reveal, str):  # the API takes one mode per call: one call per mode, side by side
+            modes = list(reveal)
+            parts = {m: [i for i, mode in enumerate(modes) if mode == m] for m in dict.fromkeys(modes)}
+            answers = await asyncio.gather(*(self.detokenize([tokens[i] for i in at], m, purpose, route)
+                                             for m, at in parts.items()))
+            values: list[str | None] = [None] * len(modes)
+            reasons: list[str | None] = [None] * len(modes)
+            for at, (vals, why) in zip(parts.values(), answers, strict=True):
+                for i, v, r in zip(at, vals, why, strict=True):
+                    values[i], reasons[i] = v, r
+            return values, reasons
         body: dict[str, Any] = {"tokens": list(tokens), "reveal": reveal, "explain": True}
         if purpose is not None:
             body["purpose"] = purpose
