@@ -29,6 +29,7 @@ from vault import (
     login,
     metrics,
     people,
+    rawsql,
     registry,
     retention,
     selfservice,
@@ -242,10 +243,14 @@ class Vault:
                 reqs.extend(flows[i].items)
                 subjects.extend([person] * len(flows[i].items))
                 spans.append((i, person, start, len(reqs)))
-            made = tokens.tokenize(conn, self.keyring, self.keys, reqs, now, subjects, owner_keys) if reqs else []
+            expiries: list[int | None] = []
+            owners: list[str | None] = []
+            made = tokens.tokenize(conn, self.keyring, self.keys, reqs, now, subjects, owner_keys, expiries,
+                                   owners) if reqs else []
             out = list(results)
             for i, person, start, end in spans:
-                out[i] = FlowTokens(person, made[start:end])
+                out[i] = FlowTokens(person, made[start:end], owner_keys.get(person) if person else None,
+                                    expiries[start:end], owners[start:end])
             if by is not None:
                 self._audit(conn, tokenize_events(flows, spans, owner_keys, conn, by))
 
@@ -332,6 +337,20 @@ class Vault:
 
     def record_audit(self, rows: Sequence[audit.Event]) -> None:
         self._run_write(lambda conn: self._audit(conn, rows))
+
+    def still_there(self, person_ids: Iterable[str], token_list: Iterable[str]) -> tuple[set[str], set[str]]:
+        """Which of these people and tokens still exist (not forgotten, deleted or expired): the sidecar drops
+        what it has cached of the others, whichever process forgot or deleted them."""
+        wanted_people, wanted_tokens = list(set(person_ids)), list(set(token_list))
+        with self._read() as conn:
+            people_left = {row[0] for row in rawsql.fetchall(
+                conn, f"SELECT id FROM {people_table.name} WHERE id IN ({rawsql.marks(conn, len(wanted_people))})",
+                wanted_people)} if wanted_people else set()
+            tokens_left = {row[0] for row in rawsql.fetchall(
+                conn, f"SELECT token FROM tb_tokens WHERE token IN ({rawsql.marks(conn, len(wanted_tokens))}) "
+                f"AND (expires_at IS NULL OR expires_at > {int(self.now())})", wanted_tokens)} if wanted_tokens \
+                else set()
+        return people_left, tokens_left
 
     def token_info(self, token: str) -> TokenInfo:
         with self._read() as conn:
@@ -1301,8 +1320,14 @@ class FlowTokenize:
 
 @dataclass(frozen=True, slots=True)
 class FlowTokens:
+    """A flow's tokens and its person. From tokenize_flows also: the person's data key id (when resolved by an
+    index), and each token's expiry and owner, for the sidecar's short cache of deterministic tokens."""
+
     person: str | None
     tokens: list[str]
+    person_key: str | None = None
+    expires: list[int | None] | None = None
+    owners: list[str | None] | None = None
 
 
 class _Transient(Unavailable):

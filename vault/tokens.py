@@ -96,9 +96,12 @@ def tokenize(
     subjects: Sequence[str | None] | None = None,
     owner_keys: dict[str, str] | None = None,
     expiries: list[int | None] | None = None,
+    owners_out: list[str | None] | None = None,
 ) -> list[str]:
     """Tokens for `reqs`, in order. `subjects`, when given, names each request's owner in place of its own field
-    (the sidecar resolves people in the same transaction); `owner_keys` gives their data key ids when known."""
+    (the sidecar resolves people in the same transaction); `owner_keys` gives their data key ids when known.
+    `expiries` and `owners_out`, when given, get each token's expiry and owner (a deterministic token found again
+    keeps its own; the sidecar's cache of deterministic tokens needs both)."""
     owner_of = list(subjects) if subjects is not None else [r.subject for r in reqs]
     wanted_owners = {o for o in owner_of if o}
     if owner_keys is not None and wanted_owners <= owner_keys.keys():
@@ -123,6 +126,7 @@ def tokenize(
     adopted: list[dict[str, Any]] = []
     made: dict[bytes, str] = {}  # deterministic values made earlier in this same batch
     made_expiry: dict[bytes, int | None] = {}
+    made_owner: dict[bytes, str | None] = {}
     batch_tokens: set[str] = set()
     for req, lk, subject in zip(reqs, lookups, owner_of, strict=True):
         if lk is not None:
@@ -132,6 +136,8 @@ def tokenize(
                 out.append(hit_token)
                 if expiries is not None:
                     expiries.append(hit_expiry)
+                if owners_out is not None:
+                    owners_out.append(hit_owner if hit_owner is not None else subject)  # adopted just below
                 if hit_owner is None and subject is not None:
                     # A value first seen unowned (a log IP, say) and now seen with its person becomes theirs, so
                     # forget-me reaches it too.
@@ -150,6 +156,8 @@ def tokenize(
                 out.append(made[lk])
                 if expiries is not None:
                     expiries.append(made_expiry[lk])
+                if owners_out is not None:
+                    owners_out.append(made_owner[lk])
                 continue
         token = make_token(req.format, req.value)
         while token in batch_tokens:
@@ -163,9 +171,12 @@ def tokenize(
         if lk is not None:
             made[lk] = token
             made_expiry[lk] = now + req.ttl if req.ttl else None
+            made_owner[lk] = subject
         out.append(token)
         if expiries is not None:
             expiries.append(now + req.ttl if req.ttl else None)
+        if owners_out is not None:
+            owners_out.append(subject)
 
     if expired:
         conn.execute(delete(tokens).where(tokens.c.token.in_(expired)))
