@@ -107,11 +107,13 @@ class _Work:
                 sink(token)
             self.produced.update(made.tokens)
             self.counts.tokenized += len(made.tokens)
-        groups: dict[tuple[str, str | None], list[_Reveal]] = {}
+        groups: dict[str | None, list[_Reveal]] = {}  # by the consent needed; plain and masked go together
         for reveal in self.reveals:
-            groups.setdefault((reveal.rule.reveal, reveal.rule.require_consent), []).append(reveal)
-        for (mode, purpose), items in groups.items():
-            values, reasons = await vault.detokenize([r.token for r in items], mode, purpose, self.route)
+            groups.setdefault(reveal.rule.require_consent, []).append(reveal)
+        for purpose, items in groups.items():
+            modes = [r.rule.reveal for r in items]
+            values, reasons = await vault.detokenize([r.token for r in items],
+                                                     modes[0] if len(set(modes)) == 1 else modes, purpose, self.route)
             for item, value, reason in zip(items, values, reasons, strict=True):
                 if value is not None:
                     item.sink(value)

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import http.client
 import json
+import logging
 import queue
 import threading
 import urllib.parse
@@ -18,11 +19,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any, Protocol
 
+from proxy_addons.auditbuffer import AuditBuffer
+from proxy_addons.tokencache import TokenCache
 from vault.audit import Event
-from vault.core import FlowTokenize, FlowTokens, Vault
+from vault.core import FlowReveal, FlowTokenize, FlowTokens, Vault
 from vault.errors import BadInput, Unavailable, VaultError
 from vault.tokens import TokenRequest
 
+log = logging.getLogger("tokenbunker.proxy")
 GROUP_MAX = 256  # flows per group-commit transaction
 ACTOR = "sidecar"  # who acted, in the audit trail, for an in-process vault (over HTTP: the token's name)
 
@@ -31,45 +35,91 @@ class VaultClient(Protocol):
     async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens: ...
 
     async def detokenize(
-        self, tokens: Sequence[str], reveal: str, purpose: str | None, route: str | None = None
-    ) -> tuple[list[str | None], list[str | None]]: ...
+        self, tokens: Sequence[str], reveal: str | Sequence[str], purpose: str | None, route: str | None = None
+    ) -> tuple[list[str | None], list[str | None]]:
+        """`reveal`: "plain" or "masked" for every token, or one of them per token."""
+        ...
 
     def close(self) -> None: ...
 
 
 class InProcessVault:
-    """Tokenize jobs and the audit rows of reveals go to one writer thread, which commits whatever is waiting in
-    one transaction; a flow whose values were revealed goes on only once its audit rows are committed."""
+    """Vault work off mitmproxy's loop, in as few thread hops as the flow allows.
 
-    def __init__(self, vault: Vault, readers: int = 4) -> None:
+    - Tokenize jobs go to one writer thread, which takes whatever is waiting into one transaction (group commit);
+      the flow goes on once its tokens are committed, with their audit rows in the same transaction.
+    - A flow whose tokens are all deterministic and were seen in the last seconds is answered from `TokenCache`
+      on the loop itself: no hop, no transaction (proxy_addons/tokencache.py says why that is safe).
+    - Reveals are read by a reader thread (no transaction). Their audit rows, and those of cache hits, are
+      coalesced in `AuditBuffer` and written by the writer thread within FLUSH_SECONDS; while such a write fails,
+      these flows are refused (fail closed). With `audit_wait=True`, a reveal instead waits for its audit rows:
+      it is read in the writer's group transaction that records it (one hop, one transaction per group).
+    """
+
+    def __init__(self, vault: Vault, *, readers: int = 2, audit_wait: bool = False,
+                 cache: TokenCache | None = None) -> None:
         self.vault = vault
+        self.audit_wait = audit_wait
+        self.cache = cache if cache is not None else TokenCache()
+        self.audit = AuditBuffer()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tokenbunker-reader")
         self._writer = threading.Thread(target=self._write_loop, name="tokenbunker-writer", daemon=True)
         self._writer.start()
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tokenbunker-reader")
+
+    def _check_audit(self) -> None:
+        if self.audit.failing:
+            raise Unavailable("the audit trail cannot be written")
 
     async def tokenize(self, subject: tuple[str, str] | None, items: Sequence[TokenRequest]) -> FlowTokens:
+        hit = self.cache.lookup(subject, items)
+        if hit is not None:
+            self._check_audit()
+            kinds = sorted({r.kind for r in items})
+            self._add_audit([Event(ACTOR, "tokenize", hit.person, hit.person_key, "ok", items[0].route,
+                                   {"kinds": kinds, "count": len(items)})])
+            return hit
         future: Future[Any] = Future()
         self._jobs.put((FlowTokenize(subject, items), future))
         result: FlowTokens = await asyncio.wrap_future(future)
+        self.cache.remember(subject, items, result)
         return result
 
     async def detokenize(
-        self, tokens: Sequence[str], reveal: str, purpose: str | None, route: str | None = None
+        self, tokens: Sequence[str], reveal: str | Sequence[str], purpose: str | None, route: str | None = None
     ) -> tuple[list[str | None], list[str | None]]:
+        if self.audit_wait:
+            # One hop to the writer, read and audited in its group's transaction.
+            future: Future[Any] = Future()
+            self._jobs.put((FlowReveal(tokens, reveal, purpose, route), future))
+            result: tuple[list[str | None], list[str | None]] = await asyncio.wrap_future(future)
+            return result
+        self._check_audit()
         loop = asyncio.get_running_loop()
         values, reasons, rows = await loop.run_in_executor(
             self._readers, functools.partial(self.vault.reveal, tokens, reveal, purpose, by=ACTOR, route=route))
-        if rows:
-            future: Future[Any] = Future()
-            self._jobs.put((rows, future))
-            await asyncio.wrap_future(future)
+        self._add_audit(rows)
         return values, reasons
+
+    def flush_audit(self, timeout: float = 10.0) -> None:
+        """Write the pending audit rows now and wait for it (tests, and callers that read the trail at once);
+        raises what the write raised. Not for mitmproxy's loop: it blocks."""
+        future: Future[Any] = Future()
+        self._jobs.put(("flush", future))
+        future.result(timeout)
+
+    def _add_audit(self, rows: Sequence[Event]) -> None:
+        if self.audit.add(rows):
+            self._jobs.put(_FLUSH)
 
     def _write_loop(self) -> None:
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=self.audit.wait())
+            except queue.Empty:
+                job = _FLUSH
             if job is None:
+                self._flush()
                 return
             batch = [job]
             while len(batch) < GROUP_MAX:
@@ -82,18 +132,47 @@ class InProcessVault:
                     break
                 batch.append(more)
             flows = [(work, future) for work, future in batch if isinstance(work, FlowTokenize)]
-            audits = [(work, future) for work, future in batch if not isinstance(work, FlowTokenize)]
+            reveals = [(work, future) for work, future in batch if isinstance(work, FlowReveal)]
             if flows:
                 self._commit(flows, self._tokenize)
-            if audits:
-                self._commit(audits, self._record)
+            if reveals:
+                self._commit(reveals, self._reveal)
+            asked = [future for work, future in batch if work == "flush"]
+            if asked or self.audit.wait() == 0.0:
+                self._flush()
+                for future in asked:
+                    if future is not None:
+                        _settle(future, Unavailable("the audit trail cannot be written") if self.audit.failing
+                                else None)
 
     def _tokenize(self, flows: list[Any]) -> Sequence[Any]:
         return self.vault.tokenize_flows(flows, by=ACTOR)
 
-    def _record(self, groups: list[Any]) -> Sequence[Any]:
-        self.vault.record_audit([row for rows in groups for row in rows])
-        return [None] * len(groups)
+    def _reveal(self, flows: list[Any]) -> Sequence[Any]:
+        return self.vault.reveal_flows(flows, by=ACTOR)
+
+    def _flush(self) -> None:
+        """Record the coalesced audit rows; then drop from the cache what the vault no longer has."""
+        rows = self.audit.take()
+        if rows:
+            try:
+                self.vault.record_audit(rows)
+                self.audit.failing = False
+            except BaseException as exc:  # the database is down or refuses: keep the rows, refuse such flows
+                self.audit.put_back(rows)
+                if not self.audit.failing:
+                    log.warning("tokenbunker: the audit trail cannot be written (%s); reveals and cached "
+                                "tokenizing are refused until it can", type(exc).__name__)
+                self.audit.failing = True
+                return
+        people, tokens = self.cache.take_served()
+        if people or tokens:
+            try:
+                people_left, tokens_left = self.vault.still_there(people, tokens)
+            except BaseException:  # cannot tell: forget everything cached rather than serve what may be gone
+                self.cache.clear()
+                return
+            self.cache.drop_missing(people - people_left, tokens - tokens_left)
 
     @staticmethod
     def _commit(jobs: list[_Job], work: Callable[[list[Any]], Sequence[Any]]) -> None:
@@ -111,7 +190,8 @@ class InProcessVault:
         self.vault.close()
 
 
-_Job = tuple[FlowTokenize | Sequence[Event], Future[Any]]
+_Job = tuple[FlowTokenize | FlowReveal, Future[Any]]
+_FLUSH: Any = ("flush", None)  # a job that asks the writer to write the pending audit rows now (None: no one waits)
 
 
 def _settle(future: Future[Any], result: Any) -> None:
@@ -152,8 +232,19 @@ class HttpVault:
         return FlowTokens(answer.get("subject"), list(answer["tokens"]))
 
     async def detokenize(
-        self, tokens: Sequence[str], reveal: str, purpose: str | None, route: str | None = None
+        self, tokens: Sequence[str], reveal: str | Sequence[str], purpose: str | None, route: str | None = None
     ) -> tuple[list[str | None], list[str | None]]:
+        if not isinstance(reveal, str):  # the API takes one mode per call: one call per mode, side by side
+            modes = list(reveal)
+            parts = {m: [i for i, mode in enumerate(modes) if mode == m] for m in dict.fromkeys(modes)}
+            answers = await asyncio.gather(*(self.detokenize([tokens[i] for i in at], m, purpose, route)
+                                             for m, at in parts.items()))
+            values: list[str | None] = [None] * len(modes)
+            reasons: list[str | None] = [None] * len(modes)
+            for at, (vals, why) in zip(parts.values(), answers, strict=True):
+                for i, v, r in zip(at, vals, why, strict=True):
+                    values[i], reasons[i] = v, r
+            return values, reasons
         body: dict[str, Any] = {"tokens": list(tokens), "reveal": reveal, "explain": True}
         if purpose is not None:
             body["purpose"] = purpose

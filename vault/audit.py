@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import Connection, func, select, text
 
+from vault import rawsql
 from vault.crypto import seal, unseal
 from vault.datakeys import SHARED_KEY_ID, DataKeys
 from vault.errors import NotFound, Tampered
@@ -63,8 +64,14 @@ def link(keyring: KeyRing, prev_hash: bytes, row: dict[str, Any]) -> bytes:
 def _lock_chain(conn: Connection) -> bytes:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
-    last = conn.execute(select(audit.c.row_hash).order_by(audit.c.seq.desc()).limit(1)).scalar()
-    return GENESIS if last is None else bytes(last)
+    # The driver's cursor (vault/rawsql.py): this and the insert below run in every sidecar flow's transaction.
+    last = rawsql.fetchall(conn, _LAST_HASH_SQL, ())
+    return GENESIS if not last else bytes(last[0][0])
+
+
+_LAST_HASH_SQL = f"SELECT row_hash FROM {audit.name} ORDER BY seq DESC LIMIT 1"
+_COLUMNS = ("atoken", "at", "actor", "action", "person_id", "route", "status", "data_key_id", "detail", "prev_hash",
+            "row_hash")
 
 
 def record_many(conn: Connection, keyring: KeyRing, keys: DataKeys, events: Sequence[Event], now: int) -> list[str]:
@@ -90,7 +97,8 @@ def record_many(conn: Connection, keyring: KeyRing, keys: DataKeys, events: Sequ
         row["prev_hash"] = prev
         row["row_hash"] = prev = link(keyring, prev, row)
         rows.append(row)
-    conn.execute(insert(audit), rows)
+    sql = f"INSERT INTO {audit.name} ({', '.join(_COLUMNS)}) VALUES ({rawsql.marks(conn, len(_COLUMNS))})"
+    rawsql.executemany(conn, sql, [tuple(row[c] for c in _COLUMNS) for row in rows])
     return [row["atoken"] for row in rows]
 
 

@@ -29,6 +29,7 @@ from vault import (
     login,
     metrics,
     people,
+    rawsql,
     registry,
     retention,
     selfservice,
@@ -243,10 +244,14 @@ class Vault:
                 reqs.extend(flows[i].items)
                 subjects.extend([person] * len(flows[i].items))
                 spans.append((i, person, start, len(reqs)))
-            made = tokens.tokenize(conn, self.keyring, self.keys, reqs, now, subjects, owner_keys) if reqs else []
+            expiries: list[int | None] = []
+            owners: list[str | None] = []
+            made = tokens.tokenize(conn, self.keyring, self.keys, reqs, now, subjects, owner_keys, expiries,
+                                   owners) if reqs else []
             out = list(results)
             for i, person, start, end in spans:
-                out[i] = FlowTokens(person, made[start:end])
+                out[i] = FlowTokens(person, made[start:end], owner_keys.get(person) if person else None,
+                                    expiries[start:end], owners[start:end])
             if by is not None:
                 self._audit(conn, tokenize_events(flows, spans, owner_keys, conn, by))
 
@@ -276,23 +281,77 @@ class Vault:
         return values, reasons
 
     def reveal(
-        self, token_list: Sequence[str], reveal: str = "plain", purpose: str | None = None,
+        self, token_list: Sequence[str], reveal: str | Sequence[str] = "plain", purpose: str | None = None,
         kinds: frozenset[str] | None = None, *, by: str | None = None, route: str | None = None,
     ) -> tuple[list[str | None], list[str | None], list[audit.Event]]:
-        """As detokenize_explained, but the audit rows are handed back for the caller to record (the sidecar
-        records them in its group-commit writer, together with other flows')."""
+        """As detokenize_explained, but the audit rows are handed back for the caller to record. `reveal` may
+        give one mode per token (plain and masked fields of one message in one call)."""
         if purpose is not None:
             consents.check_brief(purpose)
         if not token_list:
             return [], [], []
         seen: list[tuple[str | None, str, str, bool]] | None = [] if by is not None else None
+        modes: list[str] = []
         with self._read() as conn:
-            values, reasons = tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), purpose, kinds, seen)
-        rows = reveal_events(seen, by, reveal, purpose, route) if seen and by is not None else []
+            values, reasons = tokens.detokenize(conn, self.keys, token_list, reveal, self.now(), purpose, kinds, seen,
+                                                modes)
+        rows = reveal_events(seen, by, modes, purpose, route) if seen and by is not None else []
         return values, reasons, rows
+
+    def reveal_flows(self, flows: Sequence[FlowReveal], *, by: str) -> list[
+        tuple[list[str | None], list[str | None]] | VaultError
+    ]:
+        """Several flows' reveals and their audit rows in one write transaction (the sidecar's group commit): each
+        value is read in the transaction that records its reveal, so no value leaves before the row recording it
+        is committed, at one transaction per group instead of a read and a write per flow. The group's rows for
+        the same person, route, outcome, mode and purpose are one row whose detail counts the values and flows.
+        A flow with a malformed purpose fails alone."""
+        results: list[tuple[list[str | None], list[str | None]] | VaultError] = []
+        todo: list[int] = []
+        for i, flow in enumerate(flows):
+            try:
+                if flow.purpose is not None:
+                    consents.check_brief(flow.purpose)
+                results.append(([], []))
+                if flow.tokens:
+                    todo.append(i)
+            except VaultError as exc:
+                results.append(exc)
+        if not todo:
+            return results
+
+        def work(conn: Connection) -> list[tuple[list[str | None], list[str | None]] | VaultError]:
+            now = self.now()
+            out = list(results)
+            rows: list[audit.Event] = []
+            for i in todo:
+                flow = flows[i]
+                seen: list[tuple[str | None, str, str, bool]] = []
+                modes: list[str] = []
+                out[i] = tokens.detokenize(conn, self.keys, flow.tokens, flow.reveal, now, flow.purpose, None, seen,
+                                           modes)
+                rows.extend(reveal_events(seen, by, modes, flow.purpose, flow.route))
+            self._audit(conn, coalesce_events(rows))
+            return out
+
+        return self._run_write(work)
 
     def record_audit(self, rows: Sequence[audit.Event]) -> None:
         self._run_write(lambda conn: self._audit(conn, rows))
+
+    def still_there(self, person_ids: Iterable[str], token_list: Iterable[str]) -> tuple[set[str], set[str]]:
+        """Which of these people and tokens still exist (not forgotten, deleted or expired): the sidecar drops
+        what it has cached of the others, whichever process forgot or deleted them."""
+        wanted_people, wanted_tokens = list(set(person_ids)), list(set(token_list))
+        with self._read() as conn:
+            people_left = {row[0] for row in rawsql.fetchall(
+                conn, f"SELECT id FROM {people_table.name} WHERE id IN ({rawsql.marks(conn, len(wanted_people))})",
+                wanted_people)} if wanted_people else set()
+            tokens_left = {row[0] for row in rawsql.fetchall(
+                conn, f"SELECT token FROM tb_tokens WHERE token IN ({rawsql.marks(conn, len(wanted_tokens))}) "
+                f"AND (expires_at IS NULL OR expires_at > {int(self.now())})", wanted_tokens)} if wanted_tokens \
+                else set()
+        return people_left, tokens_left
 
     def token_info(self, token: str) -> TokenInfo:
         with self._read() as conn:
@@ -1223,17 +1282,49 @@ def tokenize_events(flows: Sequence[FlowTokenize], spans: Sequence[tuple[int, st
         rows.append(audit.Event(by, "tokenize", person, key_id, "ok", items[0].route,
                                 {"kinds": sorted({r.kind for r in items}), "count": len(items)}))
     return rows
-def reveal_events(seen: Sequence[tuple[str | None, str, str, bool]], by: str, reveal: str, purpose: str | None,
-                  route: str | None) -> list[audit.Event]:
-    """One audit row per person and outcome for a batch of reveals: which kinds, how many, under what purpose."""
-    groups: dict[tuple[str | None, str, bool], list[str]] = {}
-    for owner, key_id, kind, revealed in seen:
-        groups.setdefault((owner, key_id, revealed), []).append(kind)
+def reveal_events(seen: Sequence[tuple[str | None, str, str, bool]], by: str, reveal: str | Sequence[str],
+                  purpose: str | None, route: str | None) -> list[audit.Event]:
+    """One audit row per person, outcome and mode for a batch of reveals: which kinds, how many, under what purpose.
+    `reveal` is the mode of every row of `seen`, or one mode per row."""
+    modes = [reveal] * len(seen) if isinstance(reveal, str) else reveal
+    groups: dict[tuple[str | None, str, bool, str], list[str]] = {}
+    for (owner, key_id, kind, revealed), mode in zip(seen, modes, strict=True):
+        groups.setdefault((owner, key_id, revealed, mode), []).append(kind)
     return [
         audit.Event(by, "reveal", owner, key_id if owner else None, "ok" if revealed else "refused", route,
-                    {"kinds": sorted(set(kinds)), "count": len(kinds), "reveal": reveal, "purpose": purpose})
-        for (owner, key_id, revealed), kinds in groups.items()
+                    {"kinds": sorted(set(kinds)), "count": len(kinds), "reveal": mode, "purpose": purpose})
+        for (owner, key_id, revealed, mode), kinds in groups.items()
     ]
+
+
+def coalesce_events(rows: Sequence[audit.Event]) -> list[audit.Event]:
+    """Rows of a group commit that differ only in their counts become one row: the kinds joined, the counts added,
+    and `flows` saying how many flows it stands for (1 when nothing was joined)."""
+    merged: dict[tuple[Any, ...], tuple[audit.Event, set[str], int, int]] = {}
+    for row in rows:
+        detail = row.detail or {}
+        key = (row.actor, row.action, row.person_id, row.data_key_id, row.status, row.route,
+               *sorted((k, str(v)) for k, v in detail.items() if k not in ("kinds", "count", "flows")))
+        first, kinds, count, flows = merged.get(key, (row, set(), 0, 0))
+        merged[key] = (first, kinds | set(detail.get("kinds", ())), count + int(detail.get("count", 1)),
+                       flows + int(detail.get("flows", 1)))
+    out = []
+    for first, kinds, count, flows in merged.values():
+        detail = dict(first.detail or {})
+        detail.update(kinds=sorted(kinds), count=count, flows=flows)
+        out.append(audit.Event(first.actor, first.action, first.person_id, first.data_key_id, first.status,
+                               first.route, detail))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class FlowReveal:
+    """One flow's tokens to reveal: a mode for all or one per token, the consent they need, the route asking."""
+
+    tokens: Sequence[str]
+    reveal: str | Sequence[str] = "plain"
+    purpose: str | None = None
+    route: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1246,8 +1337,14 @@ class FlowTokenize:
 
 @dataclass(frozen=True, slots=True)
 class FlowTokens:
+    """A flow's tokens and its person. From tokenize_flows also: the person's data key id (when resolved by an
+    index), and each token's expiry and owner, for the sidecar's short cache of deterministic tokens."""
+
     person: str | None
     tokens: list[str]
+    person_key: str | None = None
+    expires: list[int | None] | None = None
+    owners: list[str | None] | None = None
 
 
 class _Transient(Unavailable):
@@ -1315,4 +1412,4 @@ def _db_errors() -> Iterator[None]:
         raise Unavailable(f"database unavailable ({type(exc.orig).__name__})") from None
 
 
-__all__ = ["SHARED_KEY_ID", "FlowTokenize", "FlowTokens", "Vault", "rotate_master_key"]
+__all__ = ["SHARED_KEY_ID", "FlowReveal", "FlowTokenize", "FlowTokens", "Vault", "rotate_master_key"]

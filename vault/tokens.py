@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select, update
 
-from vault import consents
+from vault import consents, rawsql
 from vault.crypto import seal, unseal
 from vault.datakeys import SHARED_KEY_ID, DataKeys
 from vault.errors import BadInput, NotFound
@@ -96,9 +96,12 @@ def tokenize(
     subjects: Sequence[str | None] | None = None,
     owner_keys: dict[str, str] | None = None,
     expiries: list[int | None] | None = None,
+    owners_out: list[str | None] | None = None,
 ) -> list[str]:
     """Tokens for `reqs`, in order. `subjects`, when given, names each request's owner in place of its own field
-    (the sidecar resolves people in the same transaction); `owner_keys` gives their data key ids when known."""
+    (the sidecar resolves people in the same transaction); `owner_keys` gives their data key ids when known.
+    `expiries` and `owners_out`, when given, get each token's expiry and owner (a deterministic token found again
+    keeps its own; the sidecar's cache of deterministic tokens needs both)."""
     owner_of = list(subjects) if subjects is not None else [r.subject for r in reqs]
     wanted_owners = {o for o in owner_of if o}
     if owner_keys is not None and wanted_owners <= owner_keys.keys():
@@ -123,6 +126,7 @@ def tokenize(
     adopted: list[dict[str, Any]] = []
     made: dict[bytes, str] = {}  # deterministic values made earlier in this same batch
     made_expiry: dict[bytes, int | None] = {}
+    made_owner: dict[bytes, str | None] = {}
     batch_tokens: set[str] = set()
     for req, lk, subject in zip(reqs, lookups, owner_of, strict=True):
         if lk is not None:
@@ -132,6 +136,8 @@ def tokenize(
                 out.append(hit_token)
                 if expiries is not None:
                     expiries.append(hit_expiry)
+                if owners_out is not None:
+                    owners_out.append(hit_owner if hit_owner is not None else subject)  # adopted just below
                 if hit_owner is None and subject is not None:
                     # A value first seen unowned (a log IP, say) and now seen with its person becomes theirs, so
                     # forget-me reaches it too.
@@ -150,6 +156,8 @@ def tokenize(
                 out.append(made[lk])
                 if expiries is not None:
                     expiries.append(made_expiry[lk])
+                if owners_out is not None:
+                    owners_out.append(made_owner[lk])
                 continue
         token = make_token(req.format, req.value)
         while token in batch_tokens:
@@ -163,9 +171,12 @@ def tokenize(
         if lk is not None:
             made[lk] = token
             made_expiry[lk] = now + req.ttl if req.ttl else None
+            made_owner[lk] = subject
         out.append(token)
         if expiries is not None:
             expiries.append(now + req.ttl if req.ttl else None)
+        if owners_out is not None:
+            owners_out.append(subject)
 
     if expired:
         conn.execute(delete(tokens).where(tokens.c.token.in_(expired)))
@@ -211,31 +222,39 @@ _BY_LOOKUP = select(tokens.c.token, tokens.c.lookup, tokens.c.expires_at, tokens
     tokens.c.lookup.in_(bindparam("lookups", expanding=True))
 )
 _OWNER_KEYS = select(people.c.id, people.c.data_key_id).where(people.c.id.in_(bindparam("ids", expanding=True)))
-_DETOKENIZE = select(
-    tokens.c.token, tokens.c.kind, tokens.c.value, tokens.c.data_key_id, tokens.c.expires_at, tokens.c.owner_id
-).where(tokens.c.token.in_(bindparam("tokens", expanding=True)))
 
 
 def detokenize(
     conn: Connection,
     keys: DataKeys,
     token_list: Sequence[str],
-    reveal: str,
+    reveal: str | Sequence[str],
     now: int,
     purpose: str | None = None,
     kinds: frozenset[str] | None = None,
     seen: list[tuple[str | None, str, str, bool]] | None = None,
+    seen_modes: list[str] | None = None,
 ) -> tuple[list[str | None], list[str | None]]:
     """Values in the order asked, and why each missing one is missing: "unknown" (never made, expired, deleted or
     forgotten), "consent" (a purpose was named and the token's owner has not consented to it now; a token that
     belongs to no one has no one to consent, so it is never revealed under a purpose) or "scope" (the caller may
-    reveal only `kinds`, and this token is of another kind)."""
-    if reveal not in REVEALS:
+    reveal only `kinds`, and this token is of another kind).
+
+    `reveal` is "plain" or "masked" for every token, or one of them per token (the sidecar asks for a message's
+    plain and masked fields in one call). `seen_modes`, beside `seen`, gets each row's mode: "plain" if any
+    position asked for that token plain (the more revealing of the two), else "masked"."""
+    modes = [reveal] * len(token_list) if isinstance(reveal, str) else list(reveal)
+    if len(modes) != len(token_list) or any(m not in REVEALS for m in modes):
         raise BadInput("reveal must be plain or masked")
-    rows = conn.execute(_DETOKENIZE, {"tokens": list(set(token_list))}).all()
-    aeads = keys.get_many(conn, {row.data_key_id for row in rows})
-    allowed = consents.holders(conn, (row.owner_id for row in rows), purpose, now) if purpose is not None else None
-    values: dict[str, str] = {}
+    unique = list(dict.fromkeys(token_list))
+    if not unique:
+        return [], []
+    # The driver's cursor (vault/rawsql.py), without SQLAlchemy's per-statement work: the sidecar's hottest read.
+    rows = rawsql.fetchall(conn, _DETOKENIZE_SQL.format(marks=rawsql.marks(conn, len(unique))), unique)
+    aeads = keys.get_many(conn, {row[3] for row in rows})
+    allowed = consents.holders(conn, (row[5] for row in rows), purpose, now) if purpose is not None else None
+    plain_wanted = {t for t, m in zip(token_list, modes, strict=True) if m == "plain"}
+    plains: dict[str, tuple[str, str]] = {}  # token -> (value, kind)
     refused: set[str] = set()
     out_of_scope: set[str] = set()
     for token, kind, sealed, key_id, expires_at, owner_id in rows:
@@ -247,19 +266,30 @@ def detokenize(
         if kinds is not None and kind not in kinds:
             out_of_scope.add(token)
             continue
+        mode = "plain" if token in plain_wanted else "masked"
         if allowed is not None and owner_id not in allowed:
             refused.add(token)
             if seen is not None:
                 seen.append((owner_id, key_id, kind, False))
+                if seen_modes is not None:
+                    seen_modes.append(mode)
             continue
         if seen is not None:
             seen.append((owner_id, key_id, kind, True))
-        plain = unseal(aead, sealed, _aad(token, kind)).decode()
-        values[token] = mask(kind, plain) if reveal == "masked" else plain
-    out = [values.get(t) for t in token_list]
+            if seen_modes is not None:
+                seen_modes.append(mode)
+        plains[token] = (unseal(aead, bytes(sealed), _aad(token, kind)).decode(), kind)
+    out: list[str | None] = []
+    for token, mode in zip(token_list, modes, strict=True):
+        found = plains.get(token)
+        out.append(None if found is None else mask(found[1], found[0]) if mode == "masked" else found[0])
     reasons = [None if v is not None else "consent" if t in refused else "scope" if t in out_of_scope else "unknown"
                for t, v in zip(token_list, out, strict=True)]
     return out, reasons
+
+
+_DETOKENIZE_SQL = (f"SELECT token, kind, value, data_key_id, expires_at, owner_id FROM {tokens.name} "
+                   "WHERE token IN ({marks})")
 
 
 def owner_of(conn: Connection, token: str) -> str | None:

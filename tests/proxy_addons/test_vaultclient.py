@@ -315,3 +315,80 @@ def test_a_cancelled_flow_does_not_stop_the_writer(tmp_path) -> None:  # type: i
         assert client._writer.is_alive()
     finally:
         client.close()
+
+
+def _det(value: str) -> list[TokenRequest]:
+    return [TokenRequest(value, kind="email", format="email", deterministic=True, route="signup")]
+
+
+def test_a_repeat_comes_from_the_cache_and_is_still_audited(vault: Vault, in_process: InProcessVault) -> None:
+    from sqlalchemy import select
+
+    from vault.models import audit_table
+
+    counting = CountingFlows(vault)
+    vault.tokenize_flows = counting  # type: ignore[method-assign]
+    subject = ("email", "cached@example.com")
+
+    async def main() -> list[FlowTokens]:
+        return [await in_process.tokenize(subject, _det("cached@example.com")) for _ in range(5)]
+
+    results = asyncio.run(main())
+    assert len(counting.batches) == 1  # the first flow went to the vault, the other four were cache hits
+    assert {r.tokens[0] for r in results} == {results[0].tokens[0]} and {r.person for r in results} == {
+        results[0].person}
+    in_process.flush_audit()
+    with vault.engine.connect() as conn:
+        rows = [r for r in conn.execute(select(audit_table).order_by(audit_table.c.seq)) if r.action == "tokenize"]
+    assert [(r.route, r.person_id) for r in rows] == [("signup", results[0].person)] * 2  # 1 flow, then 4 coalesced
+    assert all(b"cached@" not in (r.detail or b"") for r in rows)
+
+
+def test_a_person_forgotten_elsewhere_leaves_the_cache_at_the_next_flush(vault: Vault, in_process: InProcessVault
+                                                                         ) -> None:
+    subject = ("email", "gone@example.com")
+
+    async def tokenize() -> FlowTokens:
+        return await in_process.tokenize(subject, _det("gone@example.com"))
+
+    first = asyncio.run(tokenize())
+    asyncio.run(tokenize())  # a hit: served from the cache
+    other = Vault(vault.engine, vault.keyring)  # another process' view of the same database
+    other.forget_person("email", "gone@example.com")
+    in_process.flush_audit()  # the writer finds the person gone and drops what it cached of them
+    again = asyncio.run(tokenize())
+    assert again.person != first.person and again.tokens != first.tokens  # made anew by the vault, not the cache
+    assert vault.detokenize(again.tokens) == ["gone@example.com"]
+
+
+def test_reveals_and_hits_are_refused_while_the_audit_trail_cannot_be_written(vault: Vault,
+                                                                              in_process: InProcessVault) -> None:
+    [made] = vault.tokenize_flows([FlowTokenize(None, [TokenRequest("x@example.com", kind="email")])])
+    assert isinstance(made, FlowTokens)
+
+    def broken(_rows: Any) -> None:
+        raise Unavailable("database unavailable")
+
+    real = vault.record_audit
+    vault.record_audit = broken  # type: ignore[method-assign]
+    values, _reasons = asyncio.run(in_process.detokenize(made.tokens, "plain", None, "crm"))
+    assert values == ["x@example.com"]
+    with pytest.raises(Unavailable):
+        in_process.flush_audit()
+    with pytest.raises(Unavailable):
+        asyncio.run(in_process.detokenize(made.tokens, "plain", None, "crm"))
+    vault.record_audit = real  # type: ignore[method-assign]
+    in_process.flush_audit()  # the kept rows are written; reveals go on
+    assert asyncio.run(in_process.detokenize(made.tokens, ["masked"], None, "crm"))[0] != [None]
+
+
+def test_audit_wait_reveals_in_the_transaction_that_records_them(vault: Vault) -> None:
+    [made] = vault.tokenize_flows([FlowTokenize(None, [TokenRequest("y@example.com", kind="email"),
+                                                       TokenRequest("Yan", kind="name")])])
+    assert isinstance(made, FlowTokens)
+    client = InProcessVault(vault, audit_wait=True)
+    try:
+        values, reasons = asyncio.run(client.detokenize(made.tokens, ["plain", "masked"], None, "crm"))
+    finally:
+        client.close()
+    assert values[0] == "y@example.com" and values[1] not in (None, "Yan") and reasons == [None, None]
