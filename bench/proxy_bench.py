@@ -359,6 +359,7 @@ def _free_port() -> int:
 
 class Bench:
     def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        self.audit_reveals = args.audit_reveals
         self.tmp = tmp
         self.args = args
         self.key = secrets.token_hex(32)
@@ -423,7 +424,8 @@ class Bench:
         rules = self.tmp / f"rules-{case.key}.yaml"
         rules.write_text(case.rules or "")
         config = self.tmp / f"config-{case.key}.yaml"
-        config.write_text(f"vault:\n  database_url: {self.db(case.key)}\nproxy:\n  rules: [{rules}]\n")
+        config.write_text(f"vault:\n  database_url: {self.db(case.key)}\nproxy:\n  rules: [{rules}]\n"
+                          f"  audit_reveals: {self.audit_reveals}\n")
         return [str(BIN / "tokenbunker"), "proxy", "--config", str(config), "--mode", upstream,
                 "--listen-port", str(port), *confdir]
 
@@ -781,6 +783,8 @@ def _load_average() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--audit-reveals", choices=("strict", "buffered"), default="strict",
+                        help="the sidecar's proxy.audit_reveals (default strict, the product's default)")
     parser.add_argument("--quick", action="store_true",
                         help="a short run (~45 s): 1.5 s per case and concurrency, one round")
     parser.add_argument("--duration", type=float,

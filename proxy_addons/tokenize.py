@@ -107,7 +107,7 @@ class Tokenbunker:
             return HttpVault(config.proxy.vault_url, config.proxy.vault_token)
         from vault.server import open_vault
 
-        return InProcessVault(open_vault(config))
+        return InProcessVault(open_vault(config), audit_wait=config.proxy.audit_reveals == "strict")
 
     def _close_client(self) -> None:
         if self.client is not None:

@@ -117,6 +117,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "log_client_ip": Field("str", "drop", check=lambda v: v in ("drop", "hash", "keep"),
                                expect="drop, hash or keep"),
         "access_log": Field("str", None, optional=True),  # the sidecar's access log, scrubbed by the logs: rules
+        # strict: a revealed value leaves only once its audit row is committed; buffered: rows are written within
+        # 0.25 s, coalesced (faster; a crash can lose the last 0.25 s of reveal counts). See docs/sidecar.md.
+        "audit_reveals": Field("str", "strict", check=lambda v: v in ("strict", "buffered"),
+                               expect="strict or buffered"),
     },
     "demo": {
         # `tokenbunker up` starts a small legacy app here for the sidecar to stand in front of.
@@ -231,6 +235,7 @@ class ProxySettings:
     max_body_bytes: int
     log_client_ip: str
     access_log: str | None = None
+    audit_reveals: str = "strict"
 
 
 @dataclass(frozen=True)
