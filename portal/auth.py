@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import g, redirect, request, url_for
 
-from portal.security import DPO_COOKIE, PERSON_COOKIE
+from portal.security import DPO_COOKIE, PERSON_COOKIE, PRE_COOKIE, clear_cookie, set_cookie
 from vault.apitokens import Grant
 from vault.web import login_policy, state
 
@@ -71,3 +71,21 @@ def dpo_actor() -> str:
     grant = current_dpo()
     assert grant is not None
     return "dpo:root" if grant.id == "root" else f"dpo:{grant.name}:{grant.id}"
+
+
+def signed_in(endpoint: str, cookie: str, token: str) -> Any:
+    """After a login: to `endpoint`, with the session in its cookie and the pre-session cookie gone."""
+    response = redirect(url_for(endpoint), code=303)
+    set_cookie(response, cookie, token)
+    clear_cookie(response, PRE_COOKIE)
+    return response
+
+
+def signed_out(cookie: str, prefix: str, endpoint: str) -> Any:
+    """A logout: the session ends in the vault (not only in the browser), then to `endpoint` saying so."""
+    token = request.cookies.get(cookie, "")
+    if token.startswith(prefix):
+        state().vault.logout(token)
+    response = redirect(url_for(endpoint, out=1), code=303)
+    clear_cookie(response, cookie)
+    return response

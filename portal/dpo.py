@@ -13,10 +13,11 @@ from typing import Any
 from flask import abort, redirect, render_template, request, url_for
 
 from portal import bp, client_address
-from portal.auth import current_dpo, dpo_actor, dpo_required, grant_of
-from portal.security import DPO_COOKIE, PRE_COOKIE, check_csrf, clear_cookie, set_cookie
+from portal.auth import current_dpo, dpo_actor, dpo_required, grant_of, signed_in, signed_out
+from portal.security import DPO_COOKIE, check_csrf
 from vault import dporequests
 from vault.errors import BadInput, NotFound, RateLimited, Unauthorized, VaultError
+from vault.login import DPO_PREFIX
 from vault.patching import PatchError, apply_change
 from vault.web import login_policy, state
 
@@ -104,21 +105,13 @@ def dpo_login_submit() -> Any:
     except RateLimited as exc:
         locked = f"Too many wrong tokens from your address: {exc.message}."
         return page("dpo_login.html", 429, idle=_idle_minutes(), notices=[("error", locked)])
-    response = redirect(url_for("portal.dpo_home"), code=303)
-    set_cookie(response, DPO_COOKIE, session)
-    clear_cookie(response, PRE_COOKIE)
-    return response
+    return signed_in("portal.dpo_home", DPO_COOKIE, session)
 
 
 @bp.post("/dpo/logout")
 def dpo_logout() -> Any:
     check_csrf()
-    token = request.cookies.get(DPO_COOKIE, "")
-    if token.startswith("tbd_"):
-        state().vault.logout(token)
-    response = redirect(url_for("portal.dpo_login", out=1), code=303)
-    clear_cookie(response, DPO_COOKIE)
-    return response
+    return signed_out(DPO_COOKIE, DPO_PREFIX, "portal.dpo_login")
 
 
 # -- requests --------------------------------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ from typing import Any
 from flask import Response, redirect, render_template, request, url_for
 
 from portal import bp, client_address
-from portal.auth import current_person, person_required
-from portal.security import PERSON_COOKIE, PRE_COOKIE, check_csrf, clear_cookie, set_cookie
+from portal.auth import current_person, person_required, signed_in, signed_out
+from portal.security import PERSON_COOKIE, check_csrf, clear_cookie
 from portal.words import KIND_TITLES, ago, sentence
 from vault.config import ApprovalSettings
 from vault.errors import BadInput, Conflict, NotFound, RateLimited, Unauthorized, Unavailable
+from vault.login import SESSION_PREFIX
 from vault.web import login_policy, send_login_code, state
 
 NAV = [("portal.me", "My data"), ("portal.consents", "Consents"), ("portal.activity", "Who used my data"),
@@ -93,21 +94,13 @@ def login_finish() -> Any:
     except RateLimited as exc:
         return _page("code.html", 429, identity=identity, mode=mode, minutes=minutes,
                      notices=[("error", exc.message)])
-    response = redirect(url_for("portal.me"), code=303)
-    set_cookie(response, PERSON_COOKIE, token)
-    clear_cookie(response, PRE_COOKIE)
-    return response
+    return signed_in("portal.me", PERSON_COOKIE, token)
 
 
 @bp.post("/logout")
 def logout() -> Any:
     check_csrf()
-    token = request.cookies.get(PERSON_COOKIE, "")
-    if token.startswith("tbs_"):
-        state().vault.logout(token)
-    response = redirect(url_for("portal.home", out=1), code=303)
-    clear_cookie(response, PERSON_COOKIE)
-    return response
+    return signed_out(PERSON_COOKIE, SESSION_PREFIX, "portal.home")
 
 
 # -- my data ---------------------------------------------------------------------------------------------------------
