@@ -26,6 +26,7 @@ from vault.keys import KeyRing
 from vault.models import audit_table as audit
 
 GENESIS = b"\x00" * 32
+LIBRARY = "library"  # who acted, when a caller of the library does not say
 _PG_LOCK_ID = 0x7B0C  # the chain's advisory lock, shared by every replica
 ACTIONS = (
     "create", "read", "change", "forget", "tokenize", "reveal", "token-delete", "consent-give", "consent-withdraw",

@@ -274,8 +274,9 @@ class Restored:
 def restore(database_url: str, path: Path, master_key: bytes, journal: set[str], *, by: str) -> Restored:
     """Check the dump, refuse a target that holds data, migrate it to the dump's schema, load every row in one
     transaction, bring the schema up to date, re-apply the forget-me journal, and verify the audit chain."""
-    from vault.core import Vault, _db_errors
+    from vault.core import Vault
     from vault.db import WRITE_OPTION, make_engine
+    from vault.db import db_errors as _db_errors
     from vault.migrate import current_revision, is_ancestor, known_revision, migrate
 
     header = check(path, master_key)

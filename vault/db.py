@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from vault.errors import BadInput
+from vault.errors import BadInput, Unavailable
 
 WRITE_OPTION = "tokenbunker_write"
 READ_OPTION = "tokenbunker_read"
@@ -68,3 +71,23 @@ def is_sqlite(engine: Engine) -> bool:
 
 def safe_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
+
+
+class Transient(Unavailable):
+    """A deadlock or serialization failure: the transaction was rolled back and may simply be run again."""
+
+
+_TRANSIENT_SQLSTATES = {"40001", "40P01"}
+
+
+@contextmanager
+def db_errors() -> Iterator[None]:
+    """A database that is down or locked is the client's 503, never a stack trace; integrity errors go up."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+            raise Transient("database busy (concurrent writers); try again") from None
+        raise Unavailable(f"database unavailable ({type(exc.orig).__name__})") from None

@@ -167,13 +167,14 @@ def console_failed(conn: Connection, keyring: KeyRing, client: str, now: int) ->
     """One more wrong token from `client`; the refusal once it makes CONSOLE_PER_HOUR in the hour (the client is
     then locked for CONSOLE_LOCKOUT, whatever token it tries)."""
     key = _limit_key(keyring, "console", client)
-    row = conn.execute(select(limits).where(limits.c.key == key)).first()
+    row = conn.execute(select(limits.c.window_start, limits.c.locked_until, limits.c.count.label("n"))
+                       .where(limits.c.key == key)).first()
     if row is None or now - row.window_start >= _HOUR or row.locked_until is not None:
         conn.execute(delete(limits).where(limits.c.key == key))
         conn.execute(insert(limits).values(key=key, window_start=now, count=1, locked_until=None))
         count = 1
     else:
-        count = row.count + 1
+        count = row.n + 1
         conn.execute(update(limits).where(limits.c.key == key).values(count=count))
     if count >= CONSOLE_PER_HOUR:
         conn.execute(update(limits).where(limits.c.key == key).values(locked_until=now + CONSOLE_LOCKOUT))
