@@ -181,7 +181,10 @@ def change(
 
 def forget(conn: Connection, keys: DataKeys, ref: PersonRef, now: int) -> int:
     """Crypto-shred: delete the tokens, app records, sessions, shared records, the record and the data key; keep
-    only the fact that it happened."""
+    only the fact that it happened. Two forgets of one person at once: the second waits on the row lock (PostgreSQL;
+    SQLite's writers take turns anyway), then finds nobody and is NotFound, not a failed insert of the proof."""
+    if conn.execute(select(people.c.id).where(people.c.id == ref.id).with_for_update()).first() is None:
+        raise NotFound("person not found")
     removed = conn.execute(delete(tokens).where(tokens.c.owner_id == ref.id)).rowcount
     consents.forget(conn, ref.id)
     apprecords.forget(conn, ref.id)

@@ -104,3 +104,36 @@ def test_forget_me_shreds_the_data_key(vault: Vault) -> None:
     with pytest.raises(NotFound):
         vault.forget_person("token", pid)
     vault.create_person({"email": "forget@example.com"})  # a new person may use the address again
+
+
+def _forget_racing(vault: Vault, pid: str, start: object, outcomes: list[str]) -> None:
+    from vault.errors import NotFound
+
+    start.wait()  # type: ignore[attr-defined]
+    try:
+        vault.forget_person("token", pid)
+        outcomes.append("done")
+    except NotFound:
+        outcomes.append("not found")
+
+
+@pytest.mark.pg_only
+def test_two_replicas_forgetting_one_person_at_once(database_url: str, master_key: bytes) -> None:
+    import threading
+
+    first, second = Vault.open(database_url, master_key), Vault.open(database_url, master_key)
+    try:
+        for round_ in range(5):
+            pid = first.create_person({"email": f"twice{round_}@example.com"})
+            outcomes: list[str] = []
+            start = threading.Barrier(2)
+            threads = [threading.Thread(target=_forget_racing, args=(v, pid, start, outcomes))
+                       for v in (first, second)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(outcomes) == ["done", "not found"], outcomes
+    finally:
+        first.close()
+        second.close()
