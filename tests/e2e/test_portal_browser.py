@@ -6,13 +6,15 @@ route follows it, and the callback receiver gets both changes, signed), download
 forgotten; the DPO approves; then their session is gone, no code is sent to them any more, and their tokens
 resolve to nothing, in the API and in the sidecar. On every page: a CSP that allows no script, no script in the
 HTML, HttpOnly SameSite=Strict cookies, no email in any URL. A profile holding `<script>` renders as text.
-Screenshots of the main pages go to docs/screenshots/ (375 px wide).
+Screenshots of the main pages (375 px wide) go to docs/screenshots/ when TOKENBUNKER_SCREENSHOTS is set.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +35,9 @@ from tests.e2e.portalstack import (
 from tests.e2e.proxyhelpers import ANY_TOKEN, EMAIL_TOKEN, OPAQUE_TOKEN, assert_refused, leaks
 from vault.callbacks import check_signature
 
-SHOTS = REPO / "docs" / "screenshots"
+# The committed screenshots are refreshed on demand (TOKENBUNKER_SCREENSHOTS=1 make test, or this file alone);
+# otherwise a run writes them to a temporary folder, so that tests leave the work tree as they found it.
+SHOTS = REPO / "docs" / "screenshots" if os.environ.get("TOKENBUNKER_SCREENSHOTS") else None
 STEP_TIMEOUT_MS = 10_000
 
 
@@ -44,8 +48,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortalStack]:
 
 
 def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    folder = SHOTS or Path(tempfile.gettempdir()) / "tokenbunker-screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
 def log_in(page: Page, watch: Watch, stack: PortalStack, identity: str) -> str:
