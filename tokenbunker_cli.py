@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -298,19 +299,27 @@ class _Stop(Exception):
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
-    from rules.compiler import load_rules
-    from rules.logstream import Stream, follow, scrub_fd
-    from rules.scrub import LogScrubber
+    # Start-up makes a few hundred thousand objects that live as long as the process (SQLAlchemy, the vault's
+    # modules, the rules): the cyclic collector would walk them all several times while they are made, and again in
+    # every full collection while lines are scrubbed. Off until the vault is open, then out of its sight.
+    gc.disable()
+    try:
+        from rules.compiler import load_rules
+        from rules.logstream import Stream, follow, scrub_fd
+        from rules.scrub import LogScrubber
 
-    config = _config(args)
-    files = list(config.log_rule_files)
-    rules = load_rules(files).logs
-    if not rules:
-        raise UserError(f"no `logs:` rules in {', '.join(files)}: nothing to scrub with")
-    if args.follow and len(args.files) != 1:
-        raise UserError("--follow takes exactly one file")
-    tokenize, close = _log_tokenizer(config)
-    stream = Stream(LogScrubber(rules, tokenize, cache_size=args.cache), sys.stdout.buffer)
+        config = _config(args)
+        files = list(config.log_rule_files)
+        rules = load_rules(files).logs
+        if not rules:
+            raise UserError(f"no `logs:` rules in {', '.join(files)}: nothing to scrub with")
+        if args.follow and len(args.files) != 1:
+            raise UserError("--follow takes exactly one file")
+        tokenize, close = _log_tokenizer(config)
+        stream = Stream(LogScrubber(rules, tokenize, cache_size=args.cache), sys.stdout.buffer)
+    finally:
+        gc.freeze()
+        gc.enable()
     stopping = False
 
     def stop(_signum: int, _frame: FrameType | None) -> None:

@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
 
 from rules.compiler import load_rules  # noqa: E402
 from rules.detectors import DETECTORS, Detector  # noqa: E402
+from rules.logstream import CHUNK  # noqa: E402  (what it reads at a time; the in-process case scrubs the same chunks)
 from rules.scrub import LogScrubber  # noqa: E402
 from vault.core import Vault  # noqa: E402
 from vault.tokens import TokenRequest  # noqa: E402
@@ -59,7 +60,6 @@ TARGET_MBPS = 40.0
 TARGET_VS_PRESIDIO = 30.0
 TARGET_PR = 0.99
 ISSUE_PRESIDIO_MBPS = 1.2  # what the issue measured for Presidio on its machine (~6,000 lines/s)
-CHUNK = 1 << 20  # what rules.logstream reads at a time; the in-process case scrubs the same chunks
 CORPUS = ROOT / "tests" / "rules" / "corpus" / "detectors.jsonl"
 TB = ROOT / ".venv" / "bin" / "tokenbunker"
 TB_COMMAND = str(TB)  # --tokenbunker

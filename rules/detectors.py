@@ -65,9 +65,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
 
-import phonenumbers
-from phonenumbers import PhoneMetadata, PhoneNumberFormat, ValidationResult
-
 __all__ = ["DETECTORS", "KIND_OF", "Detector", "Finding"]
 
 DETECTORS: tuple[str, ...] = ("ipv4", "ipv6", "email", "phone", "card")
@@ -295,8 +292,6 @@ _NANP_SRC = (  # [1] (NXX) NXX-XXXX, [1-]NXX-NXX-XXXX, NXX.NXX.XXXX
 )
 _PHONE_INTL = re.compile(_PHONE_INTL_SRC + _PHONE_BODY, _A)
 _DIGIT_RUN = re.compile(r"[0-9]+")
-_NATIONAL = PhoneNumberFormat.NATIONAL
-_IS_POSSIBLE = ValidationResult.IS_POSSIBLE
 
 
 def _national_src(prefix: str) -> str:
@@ -310,6 +305,9 @@ def _national_src(prefix: str) -> str:
 @lru_cache(maxsize=8192)
 def _phone_ok(cand: str, region: str | None) -> bool:
     """`region` None: an international "+" form; else a national form for that region."""
+    import phonenumbers  # imported by the phone detector only (~40 ms): an IP-only scrubber starts without it
+
+    possible = phonenumbers.ValidationResult.IS_POSSIBLE
     groups = _DIGIT_RUN.findall(cand)
     digits = sum(map(len, groups))
     if not (8 if region is None else 7) <= digits <= 15 or len(groups) > 8:
@@ -321,15 +319,16 @@ def _phone_ok(cand: str, region: str | None) -> bool:
     if region is None:
         return (
             phonenumbers.region_code_for_country_code(number.country_code) != "ZZ"
-            and phonenumbers.is_possible_number_with_reason(number) == _IS_POSSIBLE
+            and phonenumbers.is_possible_number_with_reason(number) == possible
         )
     if phonenumbers.is_valid_number(number):
         return True
     # Not a valid allocation, but possible and written exactly in the national grouping: "07700 900123".
-    if len(groups) < 2 or phonenumbers.is_possible_number_with_reason(number) != _IS_POSSIBLE:
+    if len(groups) < 2 or phonenumbers.is_possible_number_with_reason(number) != possible:
         return False
     written = [len(g) for g in groups]
-    expected = [len(g) for g in _DIGIT_RUN.findall(phonenumbers.format_number(number, _NATIONAL))]
+    national = phonenumbers.PhoneNumberFormat.NATIONAL
+    expected = [len(g) for g in _DIGIT_RUN.findall(phonenumbers.format_number(number, national))]
     return written == expected
 
 
@@ -341,6 +340,8 @@ class _PhoneScanner:
 
     def __init__(self, region: str) -> None:
         self.region = region
+        from phonenumbers import PhoneMetadata
+
         meta = PhoneMetadata.metadata_for_region(region)
         prefix = meta.national_prefix if meta is not None else None
         pre = [r"\+[1-9]"]
@@ -518,6 +519,15 @@ _PREFILTER_OF = {
 }
 
 
+def _supported_regions(country: object) -> frozenset[str] | set[str]:
+    """phonenumbers' regions; the default country needs no look-up (nor the ~40 ms import of phonenumbers)."""
+    if country == "GB":
+        return frozenset({"GB"})
+    import phonenumbers
+
+    return phonenumbers.SUPPORTED_REGIONS
+
+
 class Detector:
     """The detectors `names` (any of DETECTORS), compiled once. Immutable and thread-safe.
 
@@ -535,7 +545,7 @@ class Detector:
                 raise ValueError(f"unknown detector {name!r}: use one of {', '.join(DETECTORS)}")
             wanted.add(name)
         country = default_country.upper() if isinstance(default_country, str) else default_country
-        if country not in phonenumbers.SUPPORTED_REGIONS:
+        if country not in _supported_regions(country):
             raise ValueError(
                 f"unknown default_country {default_country!r}: use an ISO 3166 alpha-2 code such as GB, US or FR"
             )

@@ -22,6 +22,7 @@ runs out, and another sends those events again (at least once). A stopping worke
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -153,7 +154,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # a 3xx is an answer, not a success: it is retried like any other non-2xx
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_NoRedirect)  # on first use: it loads the CA store (~35 ms of every start-up)
+
+
 Sender = Callable[[str, bytes, dict[str, str], float], str | None]
 
 
@@ -161,7 +166,7 @@ def http_send(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
     """POST; None on a 2xx, else a short reason that names neither the URL nor the body."""
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with _OPENER.open(request, timeout=timeout) as answer:
+        with _opener().open(request, timeout=timeout) as answer:
             answer.read(65536)
             status = answer.status
     except urllib.error.HTTPError as exc:

@@ -11,8 +11,6 @@ import re
 import unicodedata
 from typing import Any
 
-import phonenumbers
-
 INDEX_MODES: tuple[str, ...] = ("login", "email", "phone", "custom")
 MODES: tuple[str, ...] = ("token", *INDEX_MODES)
 MASKED_DIGIT_KINDS = frozenset({"phone", "card", "ssn", "iban", "account"})
@@ -104,6 +102,8 @@ def _normalize_phone(value: object, default_country: str) -> str:
     text = value.strip()
     if not text or len(text) > MAX_PHONE_CHARS or not _PHONE_CHARS.fullmatch(text):
         raise IdentityError("invalid phone number")
+    import phonenumbers  # here: ~40 ms to import, and only phone identities need it (not `tokenbunker scrub`)
+
     try:
         number = phonenumbers.parse(text, default_country)
     except phonenumbers.NumberParseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import threading
 import time
@@ -178,6 +179,59 @@ def test_scrub_fd_sends_lines_as_they_come() -> None:
     assert not worker.is_alive()
     os.close(read_fd)
     assert sink.data.endswith(b"line 5 from 10.0.0.0\ntail 10.0.0.0")
+
+
+class WaitingPipe:
+    """Stands in for `os` and `select` in rules.logstream: reads return the queued pieces one by one (at most n
+    bytes each), and poll() says more is waiting while pieces are left."""
+
+    POLLIN = select.POLLIN
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+        self.reads: list[int] = []
+
+    def read(self, _fd: int, n: int) -> bytes:
+        if not self.pieces:
+            return b""
+        piece = self.pieces.pop(0)
+        if len(piece) > n:
+            self.pieces.insert(0, piece[n:])
+            piece = piece[:n]
+        self.reads.append(len(piece))
+        return piece
+
+    def register(self, _fd: int, _events: int) -> None:
+        pass
+
+    def poll_ready(self, _timeout: int) -> list[tuple[int, int]]:
+        return [(0, self.POLLIN)] if self.pieces else []
+
+
+def test_scrub_fd_reads_on_while_more_is_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast writer's pipe gives 64 KiB a read: what is already waiting joins the same batch (one scrub, one
+    write), up to CHUNK; what comes later is a batch of its own."""
+    import rules.logstream as logstream
+
+    def run(pieces: list[bytes]) -> tuple[Sink, WaitingPipe]:
+        pipe = WaitingPipe(pieces)
+        poller = type("Poller", (), {"register": pipe.register, "poll": lambda _self, t: pipe.poll_ready(t)})
+        monkeypatch.setattr(logstream, "os", type("Os", (), {"read": staticmethod(pipe.read)}))
+        monkeypatch.setattr(logstream, "select", type("Select", (), {"POLLIN": select.POLLIN, "poll": poller}))
+        sink = Sink()
+        scrub_fd(0, Stream(truncating(), sink))  # type: ignore[arg-type]
+        return sink, pipe
+
+    lines = [f"line {i} from 10.0.0.{i}\n".encode() for i in range(1, 6)]
+    sink, pipe = run(lines)
+    assert sink.writes == 1  # five reads, one batch
+    assert sink.data == b"".join(f"line {i} from 10.0.0.0\n".encode() for i in range(1, 6))
+
+    line = b"x" * 1000 + b" 10.0.0.1\n"
+    sink, pipe = run([line * 100] * 100)  # ~10 MB waiting, in ~100 KB pieces
+    assert max(pipe.reads) <= CHUNK
+    assert sink.writes == 3  # 4 MiB, 4 MiB, the rest
+    assert sink.data == (b"x" * 1000 + b" 10.0.0.0\n") * 10000
 
 
 # -- follow ----------------------------------------------------------------------------------------------------------
