@@ -137,20 +137,25 @@ def check_code(conn: Connection, keyring: KeyRing, mode: str, ident: str, code: 
     elif row is not None:
         conn.execute(update(codes).where(codes.c.identity == identity).values(attempts=row.attempts + 1))
     # The wrong guesses of an identity are counted whether it is known or not.
-    failures = conn.execute(select(limits.c.window_start, limits.c.locked_until, limits.c.count.label("n"))
-                            .where(limits.c.key == guess_key)).first()
-    if failures is None or now - failures.window_start >= _HOUR or failures.locked_until is not None:
-        # A new hour, or a lockout served: the count starts again.
-        conn.execute(delete(limits).where(limits.c.key == guess_key))
-        conn.execute(insert(limits).values(key=guess_key, window_start=now, count=1, locked_until=None))
+    return _failed(conn, guess_key, now, policy.max_attempts, policy.lockout) or Unauthorized(_WRONG)
+
+
+def _failed(conn: Connection, key: bytes, now: int, most: int, lockout: int) -> RateLimited | None:
+    """One more failure under `key`; the refusal once it makes `most` in the hour (then locked for `lockout`). A new
+    hour, or a lockout served, starts the count again."""
+    row = conn.execute(select(limits.c.window_start, limits.c.locked_until, limits.c.count.label("n"))
+                       .where(limits.c.key == key)).first()
+    if row is None or now - row.window_start >= _HOUR or row.locked_until is not None:
+        conn.execute(delete(limits).where(limits.c.key == key))
+        conn.execute(insert(limits).values(key=key, window_start=now, count=1, locked_until=None))
         count = 1
     else:
-        count = failures.n + 1
-        conn.execute(update(limits).where(limits.c.key == guess_key).values(count=count))
-    if count >= policy.max_attempts:
-        conn.execute(update(limits).where(limits.c.key == guess_key).values(locked_until=now + policy.lockout))
-        return _locked(now + policy.lockout, now)
-    return Unauthorized(_WRONG)
+        count = row.n + 1
+        conn.execute(update(limits).where(limits.c.key == key).values(count=count))
+    if count >= most:
+        conn.execute(update(limits).where(limits.c.key == key).values(locked_until=now + lockout))
+        return _locked(now + lockout, now)
+    return None
 
 
 # The DPO console: wrong API tokens pasted from one client address, counted per hour before it is locked out.
@@ -166,20 +171,7 @@ def console_locked(conn: Connection, keyring: KeyRing, client: str, now: int) ->
 def console_failed(conn: Connection, keyring: KeyRing, client: str, now: int) -> RateLimited | None:
     """One more wrong token from `client`; the refusal once it makes CONSOLE_PER_HOUR in the hour (the client is
     then locked for CONSOLE_LOCKOUT, whatever token it tries)."""
-    key = _limit_key(keyring, "console", client)
-    row = conn.execute(select(limits.c.window_start, limits.c.locked_until, limits.c.count.label("n"))
-                       .where(limits.c.key == key)).first()
-    if row is None or now - row.window_start >= _HOUR or row.locked_until is not None:
-        conn.execute(delete(limits).where(limits.c.key == key))
-        conn.execute(insert(limits).values(key=key, window_start=now, count=1, locked_until=None))
-        count = 1
-    else:
-        count = row.n + 1
-        conn.execute(update(limits).where(limits.c.key == key).values(count=count))
-    if count >= CONSOLE_PER_HOUR:
-        conn.execute(update(limits).where(limits.c.key == key).values(locked_until=now + CONSOLE_LOCKOUT))
-        return _locked(now + CONSOLE_LOCKOUT, now)
-    return None
+    return _failed(conn, _limit_key(keyring, "console", client), now, CONSOLE_PER_HOUR, CONSOLE_LOCKOUT)
 
 
 def console_succeeded(conn: Connection, keyring: KeyRing, client: str) -> None:
