@@ -11,13 +11,12 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from tests.conftest import Clock
+from tests.vault.apihelpers import ROOT, call
 from vault.api import create_app
 from vault.core import FlowTokenize, FlowTokens, Vault
 from vault.errors import BadInput, NotFound
 from vault.models import Base, audit_table, outbox_table, pending_agreements_table
 from vault.tokens import TokenRequest
-
-ROOT = "root-token-for-tests-0123456789"
 
 
 @pytest.fixture
@@ -25,12 +24,6 @@ def client(vault: Vault) -> Iterator[FlaskClient]:
     yield create_app(vault, root_token_hash=vault.keyring.api_token_hash(ROOT)).test_client()
 
 
-def call(client: FlaskClient, method: str, path: str, body: object = None, token: str | None = ROOT,
-         **kwargs: object):  # type: ignore[no-untyped-def]
-    headers = {"X-Bunker-Token": token} if token is not None else {}
-    if body is not None:
-        kwargs["json"] = body
-    return client.open(path, method=method, headers=headers, **kwargs)  # type: ignore[arg-type]
 
 
 def callbacks(vault: Vault) -> list[dict[str, object]]:

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from tests.conftest import Clock
-from tests.vault.recordhelpers import (
+from tests.vault.apihelpers import (
     ROOT,
     audit_detail,
     audit_rows,

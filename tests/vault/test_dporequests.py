@@ -11,6 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from tests.vault.apihelpers import ROOT, call, error, ok
 from vault import dporequests
 from vault.api import OPENAPI_PATH, create_app
 from vault.config import ApprovalSettings, Config, ConfigError, parse_config
@@ -18,7 +19,6 @@ from vault.core import Vault
 from vault.errors import BadInput, Conflict, NotFound
 from vault.models import audit_table, outbox_table, requests_table
 
-ROOT = "root-token-for-tests-0123456789"
 ALL_DPO = """\
 approval:
   change_profile: dpo
@@ -44,23 +44,10 @@ def client(vault: Vault) -> Iterator[FlaskClient]:
     yield make_client(vault)
 
 
-def call(client: FlaskClient, method: str, path: str, body: object = None, token: str | None = ROOT):  # type: ignore[no-untyped-def]
-    headers = {"X-Bunker-Token": token} if token is not None else {}
-    return client.open(path, method=method, headers=headers, json=body)
 
 
-def ok(resp: Any) -> dict[str, Any]:
-    assert resp.status_code == 200, (resp.status_code, resp.get_json())
-    body: dict[str, Any] = resp.get_json()
-    assert body["status"] == "ok"
-    return body
 
 
-def error(resp: Any, status: int, match: str = "") -> str:
-    assert resp.status_code == status, (resp.status_code, resp.get_json())
-    body = resp.get_json()
-    assert body["status"] == "error" and match in body["message"], body
-    return str(body["message"])
 
 
 def outbox(vault: Vault, event: str) -> list[dict[str, Any]]:

@@ -10,12 +10,12 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from tests.vault.apihelpers import ROOT, call
 from vault.api import OPENAPI_PATH, create_app
 from vault.core import Vault
 from vault.errors import BadInput, NotFound
 from vault.models import audit_table
 
-ROOT = "root-token-for-tests-0123456789"
 BASIS = {"module": "signup", "shortdesc": "Text messages", "fulldesc": "We text you about your orders.",
          "basistype": "consent", "requiredmsg": "", "usercontrol": True, "requiredflag": False, "status": "active"}
 
@@ -25,12 +25,6 @@ def client(vault: Vault) -> Iterator[FlaskClient]:
     yield create_app(vault, root_token_hash=vault.keyring.api_token_hash(ROOT)).test_client()
 
 
-def call(client: FlaskClient, method: str, path: str, body: object = None, token: str | None = ROOT,
-         **kwargs: object):  # type: ignore[no-untyped-def]
-    headers = {"X-Bunker-Token": token} if token is not None else {}
-    if body is not None:
-        kwargs["json"] = body
-    return client.open(path, method=method, headers=headers, **kwargs)  # type: ignore[arg-type]
 
 
 def test_legal_basis_create_update_list_delete(client: FlaskClient, vault: Vault) -> None:

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
 
 from tests.conftest import Clock
+from tests.vault.apihelpers import ROOT, call, error, ok
 from vault.api import OPENAPI_PATH, create_app
 from vault.config import ConfigError, RetentionSettings, parse_config
 from vault.core import Vault
@@ -22,7 +23,6 @@ from vault.models import agreements_table, audit_table, expirations_table, outbo
 from vault.scheduler import RetentionScheduler
 from vault.tokens import TokenRequest
 
-ROOT = "root-token-for-tests-0123456789"
 DAY = 86400
 
 
@@ -31,22 +31,10 @@ def client(vault: Vault) -> FlaskClient:
     return create_app(vault, root_token_hash=vault.keyring.api_token_hash(ROOT)).test_client()
 
 
-def call(client: FlaskClient, method: str, path: str, body: object = None, token: str | None = ROOT):  # type: ignore[no-untyped-def]
-    headers = {"X-Bunker-Token": token} if token is not None else {}
-    return client.open(path, method=method, headers=headers, json=body)
 
 
-def ok(resp: Any) -> dict[str, Any]:
-    assert resp.status_code == 200, (resp.status_code, resp.get_json())
-    body: dict[str, Any] = resp.get_json()
-    assert body["status"] == "ok"
-    return body
 
 
-def error(resp: Any, status: int, match: str = "") -> None:
-    assert resp.status_code == status, (resp.status_code, resp.get_json())
-    body = resp.get_json()
-    assert body["status"] == "error" and match in body["message"], body
 
 
 def count(vault: Vault, table: Any, *where: Any) -> int:

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from tests.conftest import Clock
-from tests.vault.recordhelpers import ROOT, audit_detail, audit_rows, call, make_client, raw_database, scoped
+from tests.vault.apihelpers import ROOT, audit_detail, audit_rows, call, make_client, raw_database, scoped
 from vault import sessions
 from vault.core import SHARED_KEY_ID, Vault
 from vault.errors import BadInput, NotFound

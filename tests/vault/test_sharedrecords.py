@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from tests.conftest import Clock
-from tests.vault.recordhelpers import audit_rows, call, config_with, make_client, raw_database, scoped
+from tests.vault.apihelpers import audit_rows, call, config_with, make_client, raw_database, scoped
 from tests.vault.test_openapi import _check, _response_schema
 from vault import sharedrecords
 from vault.api import OPENAPI_PATH

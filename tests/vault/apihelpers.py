@@ -1,4 +1,4 @@
-"""What the tests of app records, sessions and shared records share: a client, calls, audit rows, raw bytes."""
+"""What the API tests share: the root token, a client, calls and their answers, audit rows, raw bytes."""
 
 from __future__ import annotations
 
@@ -63,3 +63,19 @@ def audit_detail(vault: Vault, row: Any) -> dict[str, Any] | None:
 
 def raw_database(database_url: str, vault: Vault) -> bytes:
     return _raw_database(database_url, vault)
+
+
+def ok(resp: Any) -> dict[str, Any]:
+    """A 200 {"status":"ok",...} answer's body."""
+    assert resp.status_code == 200, (resp.status_code, resp.get_json())
+    body: dict[str, Any] = resp.get_json()
+    assert body["status"] == "ok"
+    return body
+
+
+def error(resp: Any, status: int, match: str = "") -> str:
+    """An error answer of `status` whose message holds `match`; the message."""
+    assert resp.status_code == status, (resp.status_code, resp.get_json())
+    body = resp.get_json()
+    assert body["status"] == "error" and match in body["message"], body
+    return str(body["message"])
