@@ -45,6 +45,11 @@ def create_app(vault: Vault, *, root_token_hash: bytes, max_body_bytes: int = 4 
         import portal
 
         portal.register(app)
+    if config is not None and config.api.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = config.api.trusted_proxies  # only that many hops: a client cannot forge its own address past them
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     app.register_error_handler(VaultError, _vault_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

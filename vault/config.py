@@ -105,6 +105,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_batch": Field("int", 1000, min=1, max=100000),
         "threads": Field("int", 8, min=1, max=256),
         "list_users": Field("bool", False),  # POST /v1/users (root only) lists every person's profile
+        # Reverse proxies in front of `serve` (e.g. a TLS terminator) whose X-Forwarded-For/-Proto/-Host to trust:
+        # the client address that login limits count, and HTTPS for the portal's Secure cookies. 0: trust none.
+        "trusted_proxies": Field("int", 0, min=0, max=5),
     },
     "proxy": {
         "rules": Field("list", ("rules/example.yaml",)),
@@ -214,6 +217,7 @@ class ApiSettings:
     max_batch: int
     threads: int
     list_users: bool = False
+    trusted_proxies: int = 0
 
     @property
     def host(self) -> str:

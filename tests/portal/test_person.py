@@ -262,3 +262,29 @@ def test_no_personal_data_in_any_url(client: FlaskClient, app: Flask, vault: Vau
         html = client.get(path).get_data(as_text=True)
         for link in re.findall(r'(?:href|action)="([^"]*)"', html):
             assert "kim" not in link.lower() and "@" not in link, (path, link)
+
+
+def test_behind_a_trusted_tls_proxy_cookies_are_secure_and_limits_count_the_real_client(
+        make_app: MakeApp, vault: Vault, outbox: Path) -> None:
+    vault.create_person({"email": "kim@example.com"})
+    behind = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    untrusted = make_app().test_client()
+    assert "Secure" not in untrusted.get("/", headers=behind).headers["Set-Cookie"]  # a forged header is ignored
+    app = make_app("api:\n  trusted_proxies: 1\n")
+    client = app.test_client()
+    page = client.get("/", headers=behind)
+    assert "Secure" in page.headers["Set-Cookie"] and page.headers["Strict-Transport-Security"]
+    code_page = client.post("/login", headers=behind, data={"csrf": csrf_of(page.get_data(as_text=True)),
+                                                            "identity": "kim@example.com"})
+    code = CODE.search(sent(app, outbox)[-1]["body"]).group(1)  # type: ignore[union-attr]
+    done = client.post("/login/code", headers=behind, data={"csrf": csrf_of(code_page.get_data(as_text=True)),
+                                                            "identity": "kim@example.com", "code": code})
+    assert done.status_code == 303 and "Secure" in done.headers["Set-Cookie"]
+    # The limits count the address the proxy saw, not the proxy's own.
+    from vault.login import _limit_key
+    from vault.models import rate_limits_table
+
+    with vault.engine.connect() as conn:
+        keys = {row.key for row in conn.execute(select(rate_limits_table))}
+    assert _limit_key(vault.keyring, "client", "203.0.113.7") in keys
+    assert _limit_key(vault.keyring, "client", "127.0.0.1") not in keys
