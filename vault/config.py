@@ -182,6 +182,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "sessions": Field("str", "30d", optional=True, check=_parses(parse_duration), expect=_DURATION),
         "requests": Field("str", "365d", optional=True, check=_parses(parse_duration), expect=_DURATION),
         "agreements": Field("str", None, optional=True, check=_parses(parse_duration), expect=_DURATION),
+        # Callbacks delivered (or given up) this long ago leave the outbox; pending ones always stay.
+        "outbox": Field("str", "7d", optional=True, check=_parses(parse_duration), expect=_DURATION),
     },
     "callbacks": {
         # Where events are POSTed: `url` for every event, or one URL per event (which wins over `url`). The
@@ -305,6 +307,7 @@ class RetentionSettings:
     sessions: str | None = "30d"
     requests: str | None = "365d"
     agreements: str | None = None
+    outbox: str | None = "7d"
 
     def seconds(self, kind: str) -> int | None:
         """The interval, or a kind's maximum retention, in seconds (None: kept until something else ends it)."""

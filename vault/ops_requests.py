@@ -260,6 +260,8 @@ class RequestsOps(VaultBase):
                 counts["agreements_deleted"] = retention.purge_agreements(conn, now - max_agreements)
             if (max_requests := settings.seconds("requests")) is not None:
                 counts["requests"] = dporequests.purge_decided(conn, now - max_requests)
+            if (max_outbox := settings.seconds("outbox")) is not None:
+                counts["outbox"] = retention.purge_outbox(conn, now - max_outbox)
             rows = [audit.Event(by, "retention", person_id, key, detail={"op": "agreement-expired", "brief": brief})
                     for person_id, brief, key in expired]
             if any(counts.values()):

@@ -12,11 +12,12 @@ import re
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, select, text, update
+from sqlalchemy import Connection, and_, delete, insert, or_, select, text, update
 
 from vault.errors import BadInput, Conflict, NotFound
 from vault.models import agreements_table as agreements
 from vault.models import expirations_table as expirations
+from vault.models import outbox_table as outbox
 from vault.models import people_table as people
 from vault.models import tokens_table as tokens
 
@@ -154,3 +155,10 @@ def purge_agreements(conn: Connection, before: int) -> int:
 def purge_old_tokens(conn: Connection, before: int) -> int:
     """Delete tokens made before `before`, whatever their ttl (the tokens' maximum retention)."""
     return conn.execute(delete(tokens).where(tokens.c.created_at < before)).rowcount
+
+
+def purge_outbox(conn: Connection, before: int) -> int:
+    """Delete callbacks delivered, or given up, before `before`; pending ones stay whatever their age."""
+    return conn.execute(delete(outbox).where(or_(
+        and_(outbox.c.delivered_at.is_not(None), outbox.c.delivered_at < before),
+        and_(outbox.c.failed_at.is_not(None), outbox.c.failed_at < before)))).rowcount

@@ -229,6 +229,23 @@ def test_ttl_tokens_agreements_and_old_requests_are_purged(vault: Vault, clock: 
     assert count(vault, requests_table) == 1
 
 
+def test_delivered_and_given_up_callbacks_leave_the_outbox(vault: Vault, clock: Clock) -> None:
+    from sqlalchemy import update
+
+    for name in ("delivered", "failed", "pending"):
+        vault.create_person({"email": f"{name}@example.com"})  # one profilenew event each
+    with vault.engine.begin() as conn:
+        seqs = list(conn.execute(select(outbox_table.c.seq).order_by(outbox_table.c.seq)).scalars())
+        conn.execute(update(outbox_table).where(outbox_table.c.seq == seqs[0]).values(delivered_at=vault.now()))
+        conn.execute(update(outbox_table).where(outbox_table.c.seq == seqs[1]).values(failed_at=vault.now()))
+    assert vault.run_retention(RetentionSettings())["outbox"] == 0  # type: ignore[index]
+    clock.advance(7 * DAY + 1)
+    assert vault.run_retention(RetentionSettings())["outbox"] == 2  # type: ignore[index]
+    with vault.engine.connect() as conn:
+        assert list(conn.execute(select(outbox_table.c.seq)).scalars()) == [seqs[2]]  # pending: kept
+    assert vault.run_retention(RetentionSettings(outbox=None)).get("outbox") is None  # type: ignore[union-attr]
+
+
 def test_purges_other_parts_provide_are_run(vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int | None] = []
 
@@ -323,7 +340,7 @@ def test_a_failed_run_is_logged_without_values(vault: Vault, caplog: pytest.LogC
 
 def test_retention_config() -> None:
     parsed = parse_config("retention:\n  interval: 5s\n  sessions: null\n  tokens: 90d\n", "config.yaml", {})
-    assert parsed.retention == RetentionSettings("5s", "90d", None, "365d", None)
+    assert parsed.retention == RetentionSettings("5s", "90d", None, "365d", None, "7d")
     assert parsed.retention.seconds("interval") == 5 and parsed.retention.seconds("sessions") is None
     with pytest.raises(ConfigError, match=re.escape("retention.interval: invalid value (expected a duration")):
         parse_config("retention:\n  interval: often\n", "config.yaml", {})
