@@ -152,7 +152,8 @@ def listing_pending(conn: Connection, key: bytes, now: int) -> list[Consent]:
 
 
 def claim_pending(conn: Connection, claims: Iterable[tuple[str, bytes]], now: int) -> list[tuple[str, str, str]]:
-    """Make the pending agreements of new people theirs: `claims` are (person id, index hash) pairs. Answers
+    """Make the pending agreements of new people (or of people given a new email or phone) theirs: `claims` are
+    (person id, index hash) pairs. Answers
     (person id, brief, status) for each agreement moved. When a person's email and phone both had one for the same
     brief, the later answer wins."""
     owner = {key: person_id for person_id, key in claims}
@@ -162,9 +163,16 @@ def claim_pending(conn: Connection, claims: Iterable[tuple[str, bytes]], now: in
                         .order_by(pending.c.updated_at)).all()
     if not rows:
         return []
+    # A person who already answered for a brief (their address was added to an existing record) keeps the newer
+    # answer of the two.
+    held = {(r.person_id, r.brief): r.updated_at for r in conn.execute(
+        select(agreements.c.person_id, agreements.c.brief, agreements.c.updated_at)
+        .where(agreements.c.person_id.in_(set(owner.values()))))}
     moved: dict[tuple[str, str], str] = {}
     for row in rows:
         person_id = owner[bytes(row.index_hash)]
+        if held.get((person_id, row.brief), -1) > row.updated_at:
+            continue
         values = {name: row._mapping[name] for name in ("status", "given_at", "expires_at", "updated_at", "method",
                                                         "reference", "modified_by")}
         _upsert(conn, agreements, {"person_id": person_id, "brief": row.brief}, values)

@@ -344,10 +344,15 @@ class Vault(RecordsOps, ConsentOps, RequestsOps, AuditOps, PortalOps, VaultBase)
             ref = people.find(conn, self.keyring, mode, ident, self.default_country)
             before = people.read(conn, self.keys, ref)
             after = people.change(conn, self.keyring, self.keys, ref, change, self.default_country, self.now())
-            self._audit(conn, [audit.Event(by, "change", ref.id, ref.data_key_id,
-                                           detail={"before": before, "after": after})])
             changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
             events.enqueue(conn, "profilechange", {"token": ref.id, "fields": changed}, self.now())
+            # A new email or phone brings the consents given under it before it was theirs.
+            old_indexes = index_values(before, self.default_country)
+            added = [(ref, m, v) for m, v in index_values(after, self.default_country).items()
+                     if old_indexes.get(m) != v]
+            claimed = self._claim_pending(conn, added, by, self.now()) if added else []
+            self._audit(conn, [audit.Event(by, "change", ref.id, ref.data_key_id,
+                                           detail={"before": before, "after": after}), *claimed])
             return ref.id
 
         try:

@@ -247,3 +247,26 @@ def test_profilenew_goes_before_the_consents_a_new_person_takes(vault: Vault) ->
         events = conn.execute(select(outbox_table.c.event).order_by(outbox_table.c.seq)).scalars().all()
     assert events == ["consentchange", "profilenew", "consentchange"]
     assert callbacks(vault)[-1] == {"token": pid, "brief": "sms", "status": "yes"}
+
+
+def test_a_new_email_on_a_profile_brings_its_pending_consents(vault: Vault, clock: Clock) -> None:
+    pid = vault.create_person({"phone": "+447700900123"})
+    vault.give_consent("sms", "token", pid)                        # answered already, earlier...
+    clock.advance(10)
+    assert vault.give_consent("news", "email", "ann@example.com") is None       # pending: no such person yet
+    assert vault.give_consent("sms", "email", "ann@example.com", status="no") is None
+    clock.advance(10)
+    vault.give_consent("sms", "token", pid)                        # ...and again, later than the pending "no"
+    vault.update_person("token", pid, {"email": "Ann@Example.com"})
+    assert vault.get_consent("news", "token", pid).status == "yes"  # claimed with the address
+    assert vault.get_consent("sms", "token", pid).status == "yes"   # the person's newer answer stands
+    with vault.engine.connect() as conn:
+        assert conn.execute(select(pending_agreements_table)).first() is None
+    events = [json.loads(b) for b in _bodies(vault)]
+    assert [e["event"] for e in events][-2:] == ["profilechange", "consentchange"]
+    assert events[-1]["token"] == pid and events[-1]["brief"] == "news"
+
+
+def _bodies(vault: Vault) -> list[str]:
+    with vault.engine.connect() as conn:
+        return list(conn.execute(select(outbox_table.c.body).order_by(outbox_table.c.seq)).scalars())
