@@ -74,6 +74,7 @@ def sentence(row: dict[str, Any]) -> str:
                                                        else ""),
         "shared-read": f"{actor} read data that was shared with them",
         "export": f"{actor} downloaded your data",
+        "token-delete": f"{actor} deleted a token of your {kinds(detail)}",
         "audit-read": f"{actor} looked at the details of this history",
         "retention": f"{actor} ran",
     }

@@ -161,7 +161,7 @@ def token_get(token: str) -> Response:
 @v1.delete("/token/<path:token>")
 @requires("tokens:write")
 def token_delete(token: str) -> Response:
-    state().vault.delete_token(token)
+    state().vault.delete_token(token, by=actor())
     return jsonify(status="ok", result="done")
 
 

@@ -79,6 +79,9 @@ def record_many(conn: Connection, keyring: KeyRing, keys: DataKeys, events: Sequ
     """Append `events` to the chain in this transaction; their atokens, in order."""
     if not events:
         return []
+    unknown = {e.action for e in events} - set(ACTIONS)
+    if unknown:  # a programming error: the trail's vocabulary is ACTIONS, which the portal's sentences follow
+        raise ValueError(f"unknown audit action(s) {sorted(unknown)}")
     key_ids = {e.data_key_id or SHARED_KEY_ID for e in events if e.detail is not None}
     aeads = keys.get_many(conn, key_ids) if key_ids else {}
     prev = _lock_chain(conn)

@@ -297,9 +297,13 @@ class Vault(RecordsOps, ConsentOps, RequestsOps, AuditOps, PortalOps, VaultBase)
         with self._read() as conn:
             return tokens.token_info(conn, token, self.now())
 
-    def delete_token(self, token: str) -> None:
-        with self._write() as conn:
-            tokens.delete_token(conn, token)
+    def delete_token(self, token: str, *, by: str = LIBRARY) -> None:
+        def work(conn: Connection) -> None:
+            owner, key_id, kind = tokens.delete_token(conn, token)
+            self._audit(conn, [audit.Event(by, "token-delete", owner, key_id if owner else None,
+                                           detail={"kinds": [kind], "count": 1})])
+
+        self._run_write(work)
 
     def purge_expired(self) -> int:
         with self._write() as conn:

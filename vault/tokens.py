@@ -309,9 +309,13 @@ def token_info(conn: Connection, token: str, now: int) -> TokenInfo:
     return TokenInfo(row.token, row.kind, row.format, row.created_at, row.expires_at, row.owner_id, row.route)
 
 
-def delete_token(conn: Connection, token: str) -> None:
-    if conn.execute(delete(tokens).where(tokens.c.token == token)).rowcount == 0:
+def delete_token(conn: Connection, token: str) -> tuple[str | None, str, str]:
+    """Delete one token; its (owner, data key, kind), for the audit row."""
+    row = conn.execute(select(tokens.c.owner_id, tokens.c.data_key_id, tokens.c.kind)
+                       .where(tokens.c.token == token)).first()
+    if row is None or conn.execute(delete(tokens).where(tokens.c.token == token)).rowcount == 0:
         raise NotFound("token not found")
+    return row.owner_id, row.data_key_id, row.kind
 
 
 def purge_expired(conn: Connection, now: int) -> int:

@@ -46,3 +46,16 @@ def test_api_reveals_are_audited_per_person(vault: Vault) -> None:
     vault.detokenize_explained(flow.tokens, by="root", route="crm")
     [reveal] = [r for r in _rows(vault) if r.action == "reveal"]
     assert (reveal.person_id, reveal.route, reveal.status) == (pid, "crm", "ok")
+
+
+def test_deleting_a_token_is_audited_and_unknown_actions_are_refused(vault: Vault) -> None:
+    import pytest
+
+    pid = vault.create_person({"email": "cy@example.com"})
+    [flow] = vault.tokenize_flows([FlowTokenize(("email", "cy@example.com"), [TokenRequest("+441", "phone")])])
+    assert not isinstance(flow, Exception)
+    vault.delete_token(flow.tokens[0], by="root")
+    [row] = [r for r in _rows(vault) if r.action == "token-delete"]
+    assert (row.person_id, row.actor) == (pid, "root") and b"+441" not in (row.detail or b"")
+    with pytest.raises(ValueError, match="unknown audit action"), vault.engine.begin() as conn:
+        audit.record(conn, vault.keyring, vault.keys, audit.Event("root", "creat"), vault.now())
