@@ -87,6 +87,3 @@ def _unexpected(exc: Exception) -> tuple[str, int]:
     return render_template("error.html", status=500, message="Something went wrong on our side. Please try again "
                            "later."), 500
 
-
-def client_address() -> str:
-    return request.remote_addr or "unknown"

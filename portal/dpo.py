@@ -12,14 +12,14 @@ from typing import Any
 
 from flask import abort, redirect, render_template, request, url_for
 
-from portal import bp, client_address
+from portal import bp
 from portal.auth import current_dpo, dpo_actor, dpo_required, grant_of, signed_in, signed_out
 from portal.security import DPO_COOKIE, check_csrf
 from vault import dporequests
 from vault.errors import BadInput, NotFound, RateLimited, Unauthorized, VaultError
 from vault.login import DPO_PREFIX
 from vault.patching import PatchError, apply_change
-from vault.web import login_policy, state
+from vault.web import client_address, login_policy, state
 
 NAV = [("portal.dpo_home", "Requests"), ("portal.dpo_purposes", "Purposes"), ("portal.dpo_audit", "Audit")]
 FLAGS = {  # ?flag=1 after a redirect: which notice to show (never data in a URL)

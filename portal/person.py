@@ -8,14 +8,14 @@ from typing import Any
 
 from flask import Response, redirect, render_template, request, url_for
 
-from portal import bp, client_address
+from portal import bp
 from portal.auth import current_person, person_required, signed_in, signed_out
 from portal.security import PERSON_COOKIE, check_csrf, clear_cookie
 from portal.words import KIND_TITLES, ago, sentence
 from vault.config import ApprovalSettings
 from vault.errors import BadInput, Conflict, NotFound, RateLimited, Unauthorized, Unavailable
 from vault.login import SESSION_PREFIX
-from vault.web import login_policy, send_login_code, state
+from vault.web import client_address, login_policy, send_login_code, state
 
 NAV = [("portal.me", "My data"), ("portal.consents", "Consents"), ("portal.activity", "Who used my data"),
        ("portal.export", "Download my data"), ("portal.forget", "Forget me")]

@@ -10,26 +10,23 @@ from flask import Blueprint, Response, jsonify, request
 
 from vault.errors import Unauthorized
 from vault.login import SESSION_PREFIX
-from vault.web import login_policy, send_login_code, state
+from vault.web import client_address, login_policy, send_login_code, state
 
 bp = Blueprint("login", __name__, url_prefix="/v1")
 
-
-def _client() -> str:
-    return request.remote_addr or "unknown"
 
 
 @bp.get("/prelogin/<mode>/<ident>")
 @bp.get("/prelogin/<mode>/<ident>/<path:captcha>")
 def prelogin(mode: str, ident: str, captcha: str | None = None) -> Response:
     """Send a one-time code (the captcha segments Databunker takes are accepted and ignored: limits stand in)."""
-    send_login_code(mode, ident, _client())
+    send_login_code(mode, ident, client_address())
     return jsonify(status="ok", result="code-sent")
 
 
 @bp.get("/login/<mode>/<ident>/<code>")
 def login(mode: str, ident: str, code: str) -> Response:
-    person, token = state().vault.login(mode, ident, code, _client(), login_policy())
+    person, token = state().vault.login(mode, ident, code, client_address(), login_policy())
     return jsonify(status="ok", xtoken=token, token=person)
 
 

@@ -5,7 +5,6 @@ by the route that made it; and their audit trail with its details opened, since 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -93,8 +92,3 @@ def trail(conn: Connection, keys: DataKeys, ref: PersonRef, limit: int = 200) ->
                     "route": row.route, "status": row.status, "detail": detail})
     return out
 
-
-def export_lines(data: dict[str, Any], activity: list[dict[str, Any]], now: int) -> Iterator[str]:
-    document = {"format": "tokenbunker-personal-data", "version": 1, "exported": now, **data,
-                "activity": activity}
-    yield json.dumps(document, ensure_ascii=False, indent=2, sort_keys=False)

@@ -170,6 +170,11 @@ def list_args() -> tuple[int, int]:
     return offset, limit
 
 
+def client_address() -> str:
+    """Who is asking, as the login limits count it (behind api.trusted_proxies, the address the proxy saw)."""
+    return request.remote_addr or "unknown"
+
+
 def send_login_code(mode: str, ident: str, client: str) -> None:
     """A one-time code to a known email or phone (nothing to an unknown one; the caller answers the same either
     way). Raises BadInput for a malformed address, RateLimited past the limits, Unavailable with no sender."""
