@@ -191,18 +191,25 @@ def open_session(conn: Connection, keyring: KeyRing, person_id: str, policy: Pol
 
 
 def find_session(conn: Connection, token_hash: bytes, policy: Policy, now: int,
-                 kind: str = "person") -> tuple[str, str, bytes | None] | None:
-    """(session id, person uuid or API token id, grant hash) of a live session of `kind`; an idle or expired one
-    is closed and None."""
+                 kind: str = "person") -> tuple[tuple[str, str, bytes | None] | None, str | None]:
+    """A live session of `kind`: (session id, person uuid or API token id, grant hash), or None; and what it needs
+    written, for the caller to do in a write transaction only then: "close" (idle or expired: it is no longer
+    live), "touch" (last seen over 30 s ago; idle time is coarse so that most requests only read), or None."""
     row = conn.execute(select(sessions).where(sessions.c.token_hash == token_hash)).first()
     if row is None or row.kind != kind:
-        return None
+        return None, None
     if row.expires_at <= now or now - row.last_seen >= policy.session_idle:
-        conn.execute(delete(sessions).where(sessions.c.id == row.id))
-        return None
-    if now - row.last_seen >= 30:  # touched at most twice a minute: idle time is coarse, writes are few
-        conn.execute(update(sessions).where(sessions.c.id == row.id).values(last_seen=now))
-    return str(row.id), str(row.person_id), row.grant_hash
+        return None, "close"
+    return (str(row.id), str(row.person_id), row.grant_hash), ("touch" if now - row.last_seen >= 30 else None)
+
+
+def settle_session(conn: Connection, token_hash: bytes, need: str, now: int) -> None:
+    """Apply what find_session said a session needs."""
+    where = sessions.c.token_hash == token_hash
+    if need == "close":
+        conn.execute(delete(sessions).where(where))
+    else:
+        conn.execute(update(sessions).where(where).values(last_seen=now))
 
 
 def close_session(conn: Connection, token_hash: bytes) -> bool:

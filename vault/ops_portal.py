@@ -82,8 +82,7 @@ class PortalOps(VaultBase):
 
     def person_session(self, token: str, policy: LoginPolicy) -> tuple[str, str] | None:
         """(session id, person uuid) for a live session token, else None (idle, expired, logged out, forgotten)."""
-        digest = self.keyring.api_token_hash(token)
-        found = self._run_write(lambda conn: login.find_session(conn, digest, policy, self.now()))
+        found = self._session(token, policy, "person")
         return None if found is None else (found[0], found[1])
 
     def console_login(self, grant: apitokens.Grant | None, token_hash: bytes, client: str,
@@ -111,9 +110,19 @@ class PortalOps(VaultBase):
 
     def console_session(self, token: str, policy: LoginPolicy) -> tuple[str, bytes] | None:
         """(session id, the API token's keyed hash) of a live DPO console session."""
-        digest = self.keyring.api_token_hash(token)
-        found = self._run_write(lambda conn: login.find_session(conn, digest, policy, self.now(), kind="dpo"))
+        found = self._session(token, policy, "dpo")
         return None if found is None or found[2] is None else (found[0], found[2])
+
+    def _session(self, token: str, policy: LoginPolicy, kind: str) -> tuple[str, str, bytes | None] | None:
+        """Checked on every request of a session: a read, and a write only when the session must be touched or
+        closed (at most twice a minute per session)."""
+        digest = self.keyring.api_token_hash(token)
+        now = self.now()
+        with self._read() as conn:
+            found, need = login.find_session(conn, digest, policy, now, kind)
+        if need is not None:
+            self._run_write(lambda conn: login.settle_session(conn, digest, need, now))
+        return found
 
     def logout(self, token: str) -> bool:
         digest = self.keyring.api_token_hash(token)
