@@ -364,6 +364,15 @@ def _log_tokenizer(config):  # type: ignore[no-untyped-def]
             raise UserError("proxy.vault_url is set but no token: set TOKENBUNKER_PROXY_VAULT_TOKEN")
         remote = HttpVault(config.proxy.vault_url, config.proxy.vault_token, threads=1)
         return remote.tokenize_sync, remote.close
+    from vault.keys import load_master_key
+    from vault.logwriter import EmbeddedTokenizer
+
+    # An embedded vault that is set up already: the scrubber's own lean writer (no SQLAlchemy to load). Else (a
+    # new database, one to migrate, PostgreSQL) the full vault.
+    writer = EmbeddedTokenizer.open(config.vault.database_url,
+                                    load_master_key(config.vault.master_key_file, dict(os.environ)))
+    if writer is not None:
+        return writer.tokenize_with_expiry, writer.close
     from vault.server import open_vault
 
     vault = open_vault(config)

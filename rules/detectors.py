@@ -466,7 +466,7 @@ def _resolve(found: list[Finding]) -> list[Finding]:
 def _resolve_spans(found: list[Span]) -> list[Span]:
     """_resolve on (start, end, detector) tuples; sorts `found` in place. Linear but for the groups of mutually
     overlapping spans, a few spans each ("::ffff:10.0.0.5" holds an ipv4 finding)."""
-    found.sort(key=_START)
+    found.sort()  # by start; ties (overlaps) by end and name, which the clusters below do not depend on
     prev_end = -1
     for s, e, _ in found:
         if s < prev_end:

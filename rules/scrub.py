@@ -24,7 +24,7 @@ from typing import Any
 from rules.detectors import KIND_OF
 from rules.model import DetectSelector, FieldSelector, JsonSelector, Rule, TextSelector
 from vault.identity import mask
-from vault.tokens import TokenRequest
+from vault.tokenplan import TokenRequest
 
 # The vault as the scrubber needs it: tokens and when each stops resolving (Vault.tokenize_with_expiry).
 Tokenizer = Callable[[Sequence[TokenRequest]], list[tuple[str, int | None]]]

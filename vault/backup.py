@@ -34,11 +34,12 @@ from vault.errors import BadInput, Conflict
 from vault.keys import open_vault_secret
 from vault.models import Base
 from vault.models import forgotten_table as forgotten
+from vault.schemahead import VAULT_SECRET_META
 
 FORMAT = "tokenbunker-backup"
 VERSION = 1
 _BATCH = 500
-_VAULT_SECRET = "vault_secret"
+_VAULT_SECRET = VAULT_SECRET_META
 
 
 def _line(obj: Any) -> bytes:

@@ -40,13 +40,14 @@ from vault.ops_consent import ConsentOps
 from vault.ops_portal import PortalOps
 from vault.ops_records import RecordsOps
 from vault.ops_requests import RequestsOps
+from vault.schemahead import SCHEMA_HEAD, VAULT_SECRET_META
 from vault.tokens import TokenInfo, TokenRequest
 from vault.vaultbase import VaultBase
 
 _T = TypeVar("_T")
 
 
-_VAULT_SECRET = "vault_secret"
+_VAULT_SECRET = VAULT_SECRET_META
 _RETRIES = 6
 GRANT_CACHE_SECONDS = 5.0
 
@@ -482,7 +483,6 @@ class FlowTokens:
     owners: list[str | None] | None = None
 
 
-SCHEMA_HEAD = "0009"  # the newest migration; tests/vault/test_migrations.py keeps this in step
 
 
 def _schema_is_current(engine: Engine) -> bool:

@@ -13,8 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from vault.crypto import new_data_key, unwrap_data_key, wrap_data_key
 from vault.keys import KeyRing
 from vault.models import data_keys_table as dk
-
-SHARED_KEY_ID = "shared"  # the data key of tokens that belong to no person
+from vault.tokenplan import SHARED_KEY_ID  # noqa: F401  (defined with the token rows; imported from here too)
 
 
 class DataKeys:

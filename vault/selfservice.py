@@ -14,7 +14,7 @@ from vault.crypto import unseal
 from vault.datakeys import DataKeys
 from vault.models import audit_table, tokens_table
 from vault.people import PersonRef
-from vault.tokens import _aad as token_aad
+from vault.tokenplan import aad as token_aad
 
 MAX_TOKENS = 5000  # shown and exported per person: a bound, not a page
 

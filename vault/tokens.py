@@ -6,7 +6,6 @@ the cryptography itself on this path.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,47 +13,25 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, select, update
 
 from vault import consents, rawsql
-from vault.crypto import seal, unseal
+from vault.crypto import unseal
 from vault.datakeys import SHARED_KEY_ID, DataKeys
 from vault.errors import BadInput, NotFound
-from vault.formats import FORMATS, check_value_for_format, make_token
 from vault.identity import mask
 from vault.keys import KeyRing
 from vault.models import people_table as people
 from vault.models import tokens_table as tokens
-
-KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-ROUTE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-MAX_VALUE_CHARS = 65536
-REVEALS = ("plain", "masked")
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRequest:
-    value: str
-    kind: str = "generic"
-    format: str = "opaque"
-    deterministic: bool = False
-    ttl: int | None = None  # seconds
-    subject: str | None = None  # a person's uuid
-    route: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.value, str) or self.value == "":
-            raise BadInput("value must be a non-empty string")
-        if len(self.value) > MAX_VALUE_CHARS:
-            raise BadInput(f"value is longer than {MAX_VALUE_CHARS} characters")
-        if not isinstance(self.kind, str) or not KIND_PATTERN.match(self.kind):
-            raise BadInput("kind must match ^[a-z][a-z0-9_-]{0,31}$")
-        if self.format not in FORMATS:
-            raise BadInput(f"unknown token format: use one of {', '.join(FORMATS)}")
-        if not isinstance(self.deterministic, bool):
-            raise BadInput("deterministic must be true or false")
-        if self.ttl is not None and (isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or self.ttl <= 0):
-            raise BadInput("ttl must be a positive duration")
-        if self.route is not None and (not isinstance(self.route, str) or not ROUTE_PATTERN.match(self.route)):
-            raise BadInput("route must be a short name of letters, digits and _.:-")
-        check_value_for_format(self.format, self.value)
+from vault.tokenplan import (  # noqa: F401  (TokenRequest and its limits are imported from here too)
+    INSERT_COLUMNS,
+    KIND_PATTERN,
+    MAX_VALUE_CHARS,
+    REVEALS,
+    ROUTE_PATTERN,
+    Existing,
+    TokenRequest,
+    aad,
+    lookups_of,
+    plan,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +54,6 @@ class TokenInfo:
             "subject": self.subject,
             "route": self.route,
         }
-
-
-def _aad(token: str, kind: str) -> bytes:
-    return f"tok|{token}|{kind}".encode()
-
-
-def _lookup_scope(req: TokenRequest) -> str:
-    return f"tok|{req.kind}|{req.format}"
 
 
 def tokenize(
@@ -110,8 +79,8 @@ def tokenize(
         owners = _owner_keys(conn, wanted_owners)
     aeads = keys.get_many(conn, set(owners.values()) | {SHARED_KEY_ID})
 
-    lookups = [keyring.lookup_hash(_lookup_scope(r), r.value) if r.deterministic else None for r in reqs]
-    existing: dict[bytes, tuple[str, str | None, int | None]] = {}  # lookup -> (token, owner, expiry)
+    lookups = lookups_of(keyring, reqs)
+    existing: Existing = {}
     expired: list[str] = []
     wanted = [lk for lk in lookups if lk is not None]
     if wanted:
@@ -120,89 +89,26 @@ def tokenize(
                 expired.append(row.token)  # its value is gone; the value gets a new token below
             else:
                 existing[row.lookup] = (row.token, row.owner_id, row.expires_at)
-
-    out: list[str] = []
-    new_rows: list[tuple[Any, ...]] = []  # in _INSERT_COLUMNS order
-    adopted: list[dict[str, Any]] = []
-    made: dict[bytes, str] = {}  # deterministic values made earlier in this same batch
-    made_expiry: dict[bytes, int | None] = {}
-    made_owner: dict[bytes, str | None] = {}
-    batch_tokens: set[str] = set()
-    for req, lk, subject in zip(reqs, lookups, owner_of, strict=True):
-        if lk is not None:
-            hit = existing.get(lk)
-            if hit is not None:
-                hit_token, hit_owner, hit_expiry = hit
-                out.append(hit_token)
-                if expiries is not None:
-                    expiries.append(hit_expiry)
-                if owners_out is not None:
-                    owners_out.append(hit_owner if hit_owner is not None else subject)  # adopted just below
-                if hit_owner is None and subject is not None:
-                    # A value first seen unowned (a log IP, say) and now seen with its person becomes theirs, so
-                    # forget-me reaches it too.
-                    key_id = owners[subject]
-                    adopted.append(
-                        {
-                            "t": hit_token,
-                            "owner_id": subject,
-                            "data_key_id": key_id,
-                            "value": seal(aeads[key_id], req.value.encode(), _aad(hit_token, req.kind)),
-                        }
-                    )
-                    existing[lk] = (hit_token, subject, hit_expiry)
-                continue
-            if lk in made:
-                out.append(made[lk])
-                if expiries is not None:
-                    expiries.append(made_expiry[lk])
-                if owners_out is not None:
-                    owners_out.append(made_owner[lk])
-                continue
-        token = make_token(req.format, req.value)
-        while token in batch_tokens:
-            token = make_token(req.format, req.value)
-        batch_tokens.add(token)
-        key_id = owners[subject] if subject else SHARED_KEY_ID
-        new_rows.append((
-            token, req.kind, req.format, seal(aeads[key_id], req.value.encode(), _aad(token, req.kind)), lk, subject,
-            key_id, now, now + req.ttl if req.ttl else None, req.route,
-        ))
-        if lk is not None:
-            made[lk] = token
-            made_expiry[lk] = now + req.ttl if req.ttl else None
-            made_owner[lk] = subject
-        out.append(token)
-        if expiries is not None:
-            expiries.append(now + req.ttl if req.ttl else None)
-        if owners_out is not None:
-            owners_out.append(subject)
+    made = plan(reqs, lookups, owner_of, owners, aeads, existing, now, expiries, owners_out)
 
     if expired:
         conn.execute(delete(tokens).where(tokens.c.token.in_(expired)))
-    if adopted:
+    if made.adopted:
         conn.execute(
             update(tokens).where(tokens.c.token == bindparam("t")),
-            adopted,
+            made.adopted,
         )
-    if new_rows:
-        # Deterministic rows go in lookup order: writers racing on overlapping batches then take the unique-index
-        # locks in the same order and one waits for the other instead of both deadlocking.
-        new_rows.sort(key=lambda row: row[4] or b"")
-        conn.exec_driver_sql(_insert_sql(conn), new_rows)
-    return out
-
-
-_INSERT_COLUMNS = ("token", "kind", "format", "value", "lookup", "owner_id", "data_key_id", "created_at",
-                   "expires_at", "route")
+    if made.new_rows:
+        conn.exec_driver_sql(_insert_sql(conn), made.new_rows)
+    return made.tokens
 
 
 def _insert_sql(conn: Connection) -> str:
     # The driver's own executemany over tuples: SQLAlchemy's per-row parameter processing cost more than the
     # insert itself on this path (measured in bench/vault_bench.py).
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    return (f"INSERT INTO {tokens.name} ({', '.join(_INSERT_COLUMNS)}) "
-            f"VALUES ({', '.join([mark] * len(_INSERT_COLUMNS))})")
+    return (f"INSERT INTO {tokens.name} ({', '.join(INSERT_COLUMNS)}) "
+            f"VALUES ({', '.join([mark] * len(INSERT_COLUMNS))})")
 
 
 def _owner_keys(conn: Connection, subjects: set[str] | set[str | None]) -> dict[str, str]:
@@ -278,7 +184,7 @@ def detokenize(
             seen.append((owner_id, key_id, kind, True))
             if seen_modes is not None:
                 seen_modes.append(mode)
-        plains[token] = (unseal(aead, bytes(sealed), _aad(token, kind)).decode(), kind)
+        plains[token] = (unseal(aead, bytes(sealed), aad(token, kind)).decode(), kind)
     out: list[str | None] = []
     for token, mode in zip(token_list, modes, strict=True):
         found = plains.get(token)
