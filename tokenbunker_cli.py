@@ -367,10 +367,11 @@ def _log_tokenizer(config):  # type: ignore[no-untyped-def]
     from vault.keys import load_master_key
     from vault.logwriter import EmbeddedTokenizer
 
-    # An embedded vault that is set up already: the scrubber's own lean writer (no SQLAlchemy to load). Else (a
-    # new database, one to migrate, PostgreSQL) the full vault.
+    # An embedded vault (or a new one, when the vault may set up its schema): the scrubber's own lean writer, with no
+    # SQLAlchemy to load. Else (a schema to migrate, PostgreSQL) the full vault.
     writer = EmbeddedTokenizer.open(config.vault.database_url,
-                                    load_master_key(config.vault.master_key_file, dict(os.environ)))
+                                    load_master_key(config.vault.master_key_file, dict(os.environ)),
+                                    create=config.vault.auto_migrate)
     if writer is not None:
         return writer.tokenize_with_expiry, writer.close
     from vault.server import open_vault

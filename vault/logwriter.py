@@ -6,13 +6,16 @@ vault, a batch of ownerless tokens with their expiry, so on SQLite it gets exact
 connection: the same rows as `Vault.tokenize_with_expiry` (vault.tokenplan makes both), in the same kind of
 transaction (BEGIN IMMEDIATE, retried when another writer made the same deterministic token first).
 
-It only ever opens a vault that a full one has set up: the schema at the head revision, the vault secret and the
-shared data key stored. Anything else (a new file, an older schema, a URL with options) is `None`, and the caller
-opens the full vault, which migrates and sets up as usual.
+It opens a vault that is set up (the schema at the head revision, the vault secret and the shared data key stored),
+or, with `create`, makes a new one where no file is: the schema from `migrations/sqlite_head.sql` (the migrations'
+own result, regenerated with `python -m vault.migrate` and checked against them by the tests), then the vault
+secret and the shared key as `Vault.open` makes them. Anything else (an older schema to migrate, a file that is not
+a vault, a URL with options, PostgreSQL) is `None`, and the caller opens the full vault, which says what is wrong.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import sqlite3
@@ -23,12 +26,14 @@ from urllib.parse import quote
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vault.crypto import unwrap_data_key
+from vault.crypto import new_data_key, unwrap_data_key, wrap_data_key
 from vault.errors import BadInput, Conflict, Unavailable
-from vault.keys import KeyRing, open_vault_secret
+from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
 from vault.schemahead import SCHEMA_HEAD, VAULT_SECRET_META
 from vault.tokenplan import INSERT_COLUMNS, SHARED_KEY_ID, Existing, TokenRequest, lookups_of, plan
 
+log = logging.getLogger("tokenbunker.migrate")
+SNAPSHOT = Path(__file__).parent / "migrations" / "sqlite_head.sql"
 _SQLITE_FILE = re.compile(r"^sqlite(?:\+pysqlite)?:///(?P<path>[^?]+)$")
 _RETRIES = 6
 _IN_CHUNK = 5000  # parameters per IN (...): far below SQLite's limit of 32766
@@ -54,20 +59,25 @@ class EmbeddedTokenizer:
         self._clock = clock
 
     @classmethod
-    def open(cls, database_url: str, master_key: bytes,
+    def open(cls, database_url: str, master_key: bytes, *, create: bool = False,
              clock: Callable[[], float] = time.time) -> EmbeddedTokenizer | None:
         """The embedded writer, or None when the full vault must open this database (see the module docstring).
         A wrong master key is refused here as the full vault refuses it (WrongKey)."""
         path = sqlite_path(database_url)
-        if path is None or not Path(path).is_file():
+        if path is None:
             return None
+        if not create and not Path(path).is_file():
+            return None
+        if create:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            # mode=rw: never create a file here; isolation_level=None: transactions are begun by hand, as vault.db.
-            conn = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=30, isolation_level=None)
+            # mode=rw(c): a file is made only when asked to; isolation_level=None: transactions begun by hand.
+            conn = sqlite3.connect(f"file:{quote(path)}?mode={'rwc' if create else 'rw'}", uri=True, timeout=30,
+                                   isolation_level=None)
         except sqlite3.Error:
             return None
         try:
-            ready = _setup(conn, master_key)
+            ready = _setup(conn, master_key, int(clock()) if create else None)
         except BaseException:
             conn.close()
             raise
@@ -128,10 +138,12 @@ class EmbeddedTokenizer:
         return list(zip(made.tokens, expiries, strict=True))
 
 
-def _setup(conn: sqlite3.Connection, master_key: bytes) -> tuple[KeyRing, AESGCM] | None:
+def _setup(conn: sqlite3.Connection, master_key: bytes, create_at: int | None) -> tuple[KeyRing, AESGCM] | None:
     try:
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
             conn.execute(f"PRAGMA {pragma}")
+        if create_at is not None and not _create(conn, master_key, create_at):
+            return None  # the snapshot is not at this code's head: the full vault migrates
         head = conn.execute("SELECT version_num FROM alembic_version").fetchone()
         if head is None or head[0] != SCHEMA_HEAD:
             return None
@@ -143,6 +155,39 @@ def _setup(conn: sqlite3.Connection, master_key: bytes) -> tuple[KeyRing, AESGCM
         return None
     keyring = KeyRing.from_secret(open_vault_secret(master_key, bytes.fromhex(sealed[0])))
     return keyring, unwrap_data_key(keyring.wrap, SHARED_KEY_ID, bytes(wrapped[0]))
+
+
+def _create(conn: sqlite3.Connection, master_key: bytes, now: int) -> bool:
+    """A new vault in an empty database file: schema, vault secret, shared data key, in one transaction; a file that
+    holds anything (a vault another process just made, say) is left as it is. False when the snapshot is not at
+    this code's head revision (the full vault migrates instead)."""
+    header, _, body = SNAPSHOT.read_text(encoding="utf-8").partition("\n")
+    if header != f"-- revision {SCHEMA_HEAD}":
+        return False
+    conn.execute("BEGIN IMMEDIATE")  # another process creating the same file waits here, then finds it made
+    try:
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            conn.execute("ROLLBACK")
+            return True
+        # One statement at a time: executescript would commit the transaction first.
+        ddl = "\n".join(line for line in body.splitlines() if not line.startswith("--"))
+        for statement in ddl.split(";\n\n"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (SCHEMA_HEAD,))
+        secret = new_vault_secret()
+        conn.execute("INSERT INTO tb_meta (name, value) VALUES (?, ?)",
+                     (VAULT_SECRET_META, seal_vault_secret(master_key, secret).hex()))
+        wrap = KeyRing.from_secret(secret).wrap
+        conn.execute("INSERT INTO tb_data_keys (id, wrapped, created_at) VALUES (?, ?, ?)",
+                     (SHARED_KEY_ID, wrap_data_key(wrap, SHARED_KEY_ID, new_data_key()), now))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    log.info("new database made at schema revision %s", SCHEMA_HEAD)
+    return True
 
 
 def _chunks[T](items: list[T]) -> list[list[T]]:
