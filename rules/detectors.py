@@ -207,15 +207,35 @@ def _v6_end(text: str, j: int, e: int, after_colon: bool) -> int:
     return end if _v6_ok(addr) else -1
 
 
+# _v6_end(text, j, e, False) by its context: it reads only text[j - 1 : e + 2] (the character before the candidate,
+# the candidate, the two after it), and logs repeat their addresses in the same surroundings. Bounded: cleared when
+# full. Value: the address's length, or -1.
+_V6_SEEN: dict[tuple[str, int], int] = {}
+_V6_SEEN_MAX = 65536
+
+
 def _scan_ipv6(text: str) -> list[Span]:
     out: list[Span] = []
     floor = 0  # the first group never reaches back into the previous candidate ("::1%0000::")
+    seen = _V6_SEEN
     for m in _V6_CAND.finditer(text):
         s, e = m.span()
         pre = text[s - 5 if s - 5 > floor else floor : s]
         n = len(pre) - len(pre.rstrip(_HEX))
         floor = e
-        end = _v6_end(text, s - n, e, False) if n < 5 else -1
+        if n < 5:
+            j = s - n
+            key = (text[j - 1 : e + 2], e - j) if j else (text[: e + 2], j - e)  # j == 0 has no character before
+            length = seen.get(key)
+            if length is None:
+                end = _v6_end(text, j, e, False)
+                if len(seen) >= _V6_SEEN_MAX:
+                    seen.clear()
+                seen[key] = end - j if end >= 0 else -1
+            else:
+                end = j + length if length >= 0 else -1
+        else:
+            end = -1
         if end >= 0:
             out.append((s - n, end, "ipv6"))
         elif e - s > 2 and text[s + 1] in _HEX and (n == 5 or (s - n > 0 and text[s - n - 1] in _WORD)):
