@@ -60,10 +60,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
+from types import ModuleType
 
 __all__ = ["DETECTORS", "KIND_OF", "Detector", "Finding"]
 
@@ -97,6 +98,14 @@ def _finding(start: int, end: int, kind: str, detector: str) -> Finding:
     _set_detector(f, detector)
     return f
 
+
+_anchors: ModuleType | None
+try:  # the C anchor scan, built with the package where a compiler is (pyproject.toml); else the regexes alone
+    from rules import _ipanchors
+
+    _anchors = _ipanchors
+except ImportError:  # pragma: no cover (the pure-Python path is tested by forcing it)
+    _anchors = None
 
 _DIGITS = "0123456789"
 _HEX = "0123456789abcdefABCDEF"
@@ -144,6 +153,23 @@ Span = tuple[int, int, str]
 def _scan_ipv4(text: str) -> list[Span]:
     out: list[Span] = []
     append = out.append
+    if _anchors is not None:
+        # The same matches as finditer: the pattern tried only where it can match (rules/_ipanchors.c), in order,
+        # each after the end of the one before.
+        last = 0
+        match = _V4.match
+        for p in _anchors.v4(text):
+            if p < last:
+                continue
+            m = match(text, p)
+            if m is None:
+                continue
+            last = m.end()
+            s = m.start(m.lastindex)  # type: ignore[arg-type]
+            if s and text[s - 1] == "/" and _is_product_version(text, s - 1):
+                continue  # "Chrome/124.0.0.0"
+            append((s, last, "ipv4"))
+        return out
     for m in _V4.finditer(text):
         s = m.start(m.lastindex)  # type: ignore[arg-type]
         if s and text[s - 1] == "/" and _is_product_version(text, s - 1):
@@ -214,11 +240,26 @@ _V6_SEEN: dict[tuple[str, int], int] = {}
 _V6_SEEN_MAX = 65536
 
 
+def _v6_candidates(text: str) -> Iterator[re.Match[str]]:
+    """_V6_CAND.finditer(text), with the pattern tried only where its look-ahead holds (rules/_ipanchors.c)."""
+    if _anchors is None:
+        yield from _V6_CAND.finditer(text)
+        return
+    last = 0
+    match = _V6_CAND.match
+    for p in _anchors.v6(text):
+        if p >= last:
+            m = match(text, p)
+            if m is not None:
+                last = m.end()
+                yield m
+
+
 def _scan_ipv6(text: str) -> list[Span]:
     out: list[Span] = []
     floor = 0  # the first group never reaches back into the previous candidate ("::1%0000::")
     seen = _V6_SEEN
-    for m in _V6_CAND.finditer(text):
+    for m in _v6_candidates(text):
         s, e = m.span()
         pre = text[s - 5 if s - 5 > floor else floor : s]
         n = len(pre) - len(pre.rstrip(_HEX))
