@@ -151,25 +151,10 @@ Span = tuple[int, int, str]
 
 
 def _scan_ipv4(text: str) -> list[Span]:
+    if _anchors is not None:
+        return _anchors.v4_spans(text, "ipv4")  # the loop below, in C (rules/_ipanchors.c)
     out: list[Span] = []
     append = out.append
-    if _anchors is not None:
-        # The same matches as finditer: the pattern tried only where it can match (rules/_ipanchors.c), in order,
-        # each after the end of the one before.
-        last = 0
-        match = _V4.match
-        for p in _anchors.v4(text):
-            if p < last:
-                continue
-            m = match(text, p)
-            if m is None:
-                continue
-            last = m.end()
-            s = m.start(m.lastindex)  # type: ignore[arg-type]
-            if s and text[s - 1] == "/" and _is_product_version(text, s - 1):
-                continue  # "Chrome/124.0.0.0"
-            append((s, last, "ipv4"))
-        return out
     for m in _V4.finditer(text):
         s = m.start(m.lastindex)  # type: ignore[arg-type]
         if s and text[s - 1] == "/" and _is_product_version(text, s - 1):
