@@ -13,7 +13,7 @@ TEST_DB ?= sqlite,postgresql
 
 .PHONY: up test venv bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml rules/_ipanchors.c
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "error: Tokenbunker needs Python 3.12 or newer (mitmproxy 12 does); none was found." >&2; \
 	  echo "       Install one (e.g. 'pyenv install 3.12') or run: make PYTHON=/path/to/python3.12 ..." >&2; \
