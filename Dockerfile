@@ -9,7 +9,11 @@ COPY vault ./vault
 COPY rules ./rules
 COPY proxy_addons ./proxy_addons
 COPY portal ./portal
-RUN pip install . && useradd --system --uid 10001 --home /app tokenbunker && mkdir -p /app/data \
+# gcc only while installing: it builds the log scrubber's C scan (rules/_ipanchors.c), then leaves the image.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install . \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home /app tokenbunker && mkdir -p /app/data \
     && chown tokenbunker /app/data
 
 USER tokenbunker
