@@ -63,7 +63,8 @@ class InProcessVault:
         self.cache = cache if cache is not None else TokenCache()
         self.audit = AuditBuffer()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tokenbunker-reader")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tokenbunker-reader",
+                                           initializer=vault.pin_thread)
         self._writer = threading.Thread(target=self._write_loop, name="tokenbunker-writer", daemon=True)
         self._writer.start()
 
@@ -79,9 +80,9 @@ class InProcessVault:
             self._add_audit([Event(ACTOR, "tokenize", hit.person, hit.person_key, "ok", items[0].route,
                                    {"kinds": kinds, "count": len(items)})])
             return hit
-        future: Future[Any] = Future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._jobs.put((FlowTokenize(subject, items), future))
-        result: FlowTokens = await asyncio.wrap_future(future)
+        result: FlowTokens = await future
         self.cache.remember(subject, items, result)
         return result
 
@@ -90,9 +91,9 @@ class InProcessVault:
     ) -> tuple[list[str | None], list[str | None]]:
         if self.audit_wait:
             # One hop to the writer, read and audited in its group's transaction.
-            future: Future[Any] = Future()
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._jobs.put((FlowReveal(tokens, reveal, purpose, route), future))
-            result: tuple[list[str | None], list[str | None]] = await asyncio.wrap_future(future)
+            result: tuple[list[str | None], list[str | None]] = await future
             return result
         self._check_audit()
         loop = asyncio.get_running_loop()
@@ -113,6 +114,13 @@ class InProcessVault:
             self._jobs.put(_FLUSH)
 
     def _write_loop(self) -> None:
+        self.vault.pin_thread()  # one connection for this thread's transactions, not a checkout for each
+        try:
+            self._write_jobs()
+        finally:
+            self.vault.unpin_thread()
+
+    def _write_jobs(self) -> None:
         while True:
             try:
                 job = self._jobs.get(timeout=self.audit.wait())
@@ -133,10 +141,13 @@ class InProcessVault:
                 batch.append(more)
             flows = [(work, future) for work, future in batch if isinstance(work, FlowTokenize)]
             reveals = [(work, future) for work, future in batch if isinstance(work, FlowReveal)]
+            answers: list[tuple[asyncio.Future[Any], Any]] = []
             if flows:
-                self._commit(flows, self._tokenize)
+                answers += self._commit(flows, self._tokenize)
             if reveals:
-                self._commit(reveals, self._reveal)
+                answers += self._commit(reveals, self._reveal)
+            if answers:
+                _answer(answers)
             asked = [future for work, future in batch if work == "flush"]
             if asked or self.audit.wait() == 0.0:
                 self._flush()
@@ -175,13 +186,12 @@ class InProcessVault:
             self.cache.drop_missing(people - people_left, tokens - tokens_left)
 
     @staticmethod
-    def _commit(jobs: list[_Job], work: Callable[[list[Any]], Sequence[Any]]) -> None:
+    def _commit(jobs: list[_Job], work: Callable[[list[Any]], Sequence[Any]]) -> list[tuple[asyncio.Future[Any], Any]]:
         try:
             results: Sequence[Any] = work([item for item, _ in jobs])
         except BaseException as exc:  # the whole group failed (database down): every flow hears it
             results = [exc if isinstance(exc, VaultError) else Unavailable("vault error")] * len(jobs)
-        for (_, future), result in zip(jobs, results, strict=True):
-            _settle(future, result)
+        return [(future, result) for (_, future), result in zip(jobs, results, strict=True)]
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -190,8 +200,33 @@ class InProcessVault:
         self.vault.close()
 
 
-_Job = tuple[FlowTokenize | FlowReveal, Future[Any]]
+_Job = tuple[FlowTokenize | FlowReveal, "asyncio.Future[Any]"]
 _FLUSH: Any = ("flush", None)  # a job that asks the writer to write the pending audit rows now (None: no one waits)
+
+
+def _answer(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    """Hand a group's answers to the event loops waiting for them: one wake-up per loop and group, not one per
+    flow (each call_soon_threadsafe writes to the loop's self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for future, result in answers:
+        by_loop.setdefault(future.get_loop(), []).append((future, result))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, items)
+        except RuntimeError:  # that loop is closed: no one is waiting any more
+            pass
+
+
+def _settle_all(items: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    """On the loop: answer each waiting flow; one that went away meanwhile (its client hung up, so its future was
+    cancelled) is skipped."""
+    for future, result in items:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 def _settle(future: Future[Any], result: Any) -> None:

@@ -5,6 +5,7 @@ area (vault/ops_*.py)."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,19 @@ from vault.keys import KeyRing
 
 _T = TypeVar("_T")
 _RETRIES = 6
+PIN_IDLE_SECONDS = 10.0
+
+
+class _Pin:
+    """A thread's kept connections, and when each last began a transaction (time.monotonic)."""
+
+    __slots__ = ("read", "read_used", "write", "write_used")
+
+    def __init__(self) -> None:
+        self.write: Connection | None = None
+        self.read: Connection | None = None
+        self.write_used = 0.0
+        self.read_used = 0.0
 
 
 class VaultBase:
@@ -41,19 +55,91 @@ class VaultBase:
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
         self._reader = engine.execution_options(**{READ_OPTION: True})
         self._grants: dict[bytes, tuple[apitokens.Grant | None, float]] = {}
+        self._local = threading.local()
+        self._pins: set[Connection] = set()
+        self._pins_lock = threading.Lock()
 
     def now(self) -> int:
         return int(self._clock())
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with db_errors(), self._reader.begin() as conn:
-            yield conn
+        with db_errors():
+            pinned = self._pinned(False)
+            if pinned is None:
+                with self._reader.begin() as conn:
+                    yield conn
+            else:
+                with pinned.begin():
+                    yield pinned
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with db_errors(), self._writer.begin() as conn:
-            yield conn
+        with db_errors():
+            pinned = self._pinned(True)
+            if pinned is None:
+                with self._writer.begin() as conn:
+                    yield conn
+            else:
+                with pinned.begin():
+                    yield pinned
+
+    # -- connections kept by a thread ---------------------------------------------------------------------------
+
+    def pin_thread(self) -> None:
+        """Keep this thread's connections (one for writes, one for reads) between its transactions instead of
+        taking one from the pool for each: for a thread that does nothing else (the sidecar's writer and readers),
+        the checkout, its reset and the pool's bookkeeping cost as much as the statements of a small transaction.
+        A connection idle for PIN_IDLE_SECONDS goes back to the pool and the next transaction takes a fresh one (the
+        pool's pre-ping then checks it, as it checks every other); an invalidated one is replaced the same way."""
+        self._local.pin = _Pin()
+
+    def unpin_thread(self) -> None:
+        pin: _Pin | None = getattr(self._local, "pin", None)
+        self._local.pin = None
+        if pin is not None:
+            for conn in (pin.write, pin.read):
+                if conn is not None:
+                    self._drop_pinned(conn)
+
+    def _pinned(self, write: bool) -> Connection | None:
+        pin: _Pin | None = getattr(self._local, "pin", None)
+        if pin is None:
+            return None
+        conn = pin.write if write else pin.read
+        if conn is not None and conn.in_transaction():
+            return None  # a transaction inside another on this thread: a connection of its own, as without pins
+        now = time.monotonic()
+        last = pin.write_used if write else pin.read_used
+        if conn is not None and (conn.closed or conn.invalidated or now - last > PIN_IDLE_SECONDS):
+            self._drop_pinned(conn)
+            conn = None
+        if conn is None:
+            conn = (self._writer if write else self._reader).connect()
+            with self._pins_lock:
+                self._pins.add(conn)
+        if write:
+            pin.write, pin.write_used = conn, now
+        else:
+            pin.read, pin.read_used = conn, now
+        return conn
+
+    def _drop_pinned(self, conn: Connection) -> None:
+        with self._pins_lock:
+            self._pins.discard(conn)
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - a broken connection is being let go anyway
+            pass
+
+    def _close_pins(self) -> None:
+        with self._pins_lock:
+            pins, self._pins = list(self._pins), set()
+        for conn in pins:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing the vault: nothing more to do with it
+                pass
 
     def _run_write(self, work: Callable[[Connection], _T], *, retry_integrity: bool = False) -> _T:
         """One write transaction, run again when the database says a retry will do (deadlock, serialization)."""
