@@ -22,10 +22,10 @@ from mitmproxy import ctx, exceptions, http
 
 from proxy_addons import bodylimit, logfilter
 from proxy_addons.accesslog import AccessLog
-from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError, read_subject
+from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError, parse_json, read_subject
 from proxy_addons.vaultclient import HttpVault, InProcessVault, VaultClient
 from rules.compiler import RulesError, load_rules
-from rules.model import BODY_SELECTORS, Route, Rule, RuleSet
+from rules.model import BODY_SELECTORS, JsonSelector, Route, Rule, RuleSet
 from vault.config import Config, ConfigError, load_config
 from vault.errors import Unavailable, VaultError
 
@@ -197,11 +197,16 @@ class Tokenbunker:
                 or bodylimit.exceeds(message.raw_content, message.headers.get("content-encoding", ""), self.max_body)
             ):
                 raise ProtectionError(f"the body is larger than the limit of {self.max_body} bytes", status=413)
+            doc = None
             if read:
-                subject = read_subject(flow.request, route.subject) if route.subject else None
+                if route.subject is not None and isinstance(route.subject.selector, JsonSelector) and (
+                        any(isinstance(r.selector, JsonSelector) for r in rules)):
+                    doc = parse_json(flow.request)  # once, for the subject and the rules
+                subject = read_subject(flow.request, route.subject, doc) if route.subject else None
             else:
                 subject = self._subjects.get(flow)
-            rewriter = MessageRewriter(message, flow.request, route, rules, self.max_body if reads_body else None)
+            rewriter = MessageRewriter(message, flow.request, route, rules, self.max_body if reads_body else None,
+                                       doc)
             person = await rewriter.apply(self.client, subject)
             if read and (person or subject) and route.response:
                 self._subjects[flow] = ("token", person) if person else subject  # type: ignore[assignment]
