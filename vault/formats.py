@@ -27,6 +27,7 @@ TOKEN_PATTERN = re.compile(
 )
 
 MIN_DIGITS = {"digits": 6, "keep-last4": 10}
+_ASCII_DIGITS = re.compile(r"[0-9]")  # what str.isascii() and str.isdigit() both accept
 MAX_DIGITS_VALUE = 64
 
 
@@ -91,7 +92,7 @@ def check_value_for_format(fmt: str, value: str) -> None:
     if fmt in MIN_DIGITS:
         if len(value) > MAX_DIGITS_VALUE:
             raise BadInput(f"format {fmt}: values are limited to {MAX_DIGITS_VALUE} characters")
-        ndigits = sum(1 for c in value if c.isascii() and c.isdigit())
+        ndigits = len(_ASCII_DIGITS.findall(value))
         if ndigits < MIN_DIGITS[fmt]:
             raise BadInput(f"format {fmt}: the value needs at least {MIN_DIGITS[fmt]} digits")
 
