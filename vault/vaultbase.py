@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from vault import apitokens, audit
 from vault.datakeys import DataKeys
@@ -70,7 +70,7 @@ class VaultBase:
                 with self._reader.begin() as conn:
                     yield conn
             else:
-                with pinned.begin():
+                with self._on_pinned(pinned):
                     yield pinned
 
     @contextmanager
@@ -81,7 +81,7 @@ class VaultBase:
                 with self._writer.begin() as conn:
                     yield conn
             else:
-                with pinned.begin():
+                with self._on_pinned(pinned):
                     yield pinned
 
     # -- connections kept by a thread ---------------------------------------------------------------------------
@@ -123,6 +123,24 @@ class VaultBase:
         else:
             pin.read, pin.read_used = conn, now
         return conn
+
+    @contextmanager
+    def _on_pinned(self, conn: Connection) -> Iterator[None]:
+        """A transaction on a kept connection. When the database fails under it (down, restarted, a broken link), the
+        connection is let go: the next transaction takes a fresh one from the pool, which checks it first."""
+        try:
+            with conn.begin():
+                yield
+        except DBAPIError as exc:
+            if not isinstance(exc, IntegrityError):
+                pin: _Pin | None = getattr(self._local, "pin", None)
+                if pin is not None:
+                    if pin.write is conn:
+                        pin.write = None
+                    if pin.read is conn:
+                        pin.read = None
+                self._drop_pinned(conn)
+            raise
 
     def _drop_pinned(self, conn: Connection) -> None:
         with self._pins_lock:
