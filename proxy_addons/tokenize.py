@@ -48,6 +48,9 @@ class Tokenbunker:
         # The person a flow is about, for its response: ("token", uuid) once known. Memory only, never logged.
         self._subjects: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, str]] = weakref.WeakKeyDictionary()
         self._routes: weakref.WeakKeyDictionary[http.HTTPFlow, Route | None] = weakref.WeakKeyDictionary()
+        # Flows between their request headers and the end of their response (or error): with one alone, the
+        # in-process vault may run its transaction on the loop instead of handing it to its writer thread.
+        self._active: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self._mtimes: dict[str, float] = {}
         self._reloader: asyncio.Task[None] | None = None
 
@@ -107,7 +110,9 @@ class Tokenbunker:
             return HttpVault(config.proxy.vault_url, config.proxy.vault_token)
         from vault.server import open_vault
 
-        return InProcessVault(open_vault(config), audit_wait=config.proxy.audit_reveals == "strict")
+        client = InProcessVault(open_vault(config), audit_wait=config.proxy.audit_reveals == "strict")
+        client.alone = lambda: len(self._active) <= 1
+        return client
 
     def _close_client(self) -> None:
         if self.client is not None:
@@ -160,6 +165,7 @@ class Tokenbunker:
         return route
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._active.add(flow)
         if self.problem is None and (route := self._route(flow)) is not None and _needs_body(route.request):
             flow.request.stream = False  # the whole body is needed before anything may go upstream
 
@@ -179,12 +185,18 @@ class Tokenbunker:
         await self._protect(flow, route, flow.request, route.request, read=True)
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None or flow.metadata.get("tokenbunker", {}).get("refused"):
-            return
-        route = self._route(flow) if self.problem is None else None
-        if route is None or not route.response:
-            return
-        await self._protect(flow, route, flow.response, route.response, read=False)
+        try:
+            if flow.response is None or flow.metadata.get("tokenbunker", {}).get("refused"):
+                return
+            route = self._route(flow) if self.problem is None else None
+            if route is None or not route.response:
+                return
+            await self._protect(flow, route, flow.response, route.response, read=False)
+        finally:
+            self._active.discard(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._active.discard(flow)
 
     async def _protect(self, flow: http.HTTPFlow, route: Route, message: http.Message, rules: Sequence[Rule],
                        read: bool) -> None:

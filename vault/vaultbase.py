@@ -5,6 +5,7 @@ area (vault/ops_*.py)."""
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,12 +26,18 @@ _RETRIES = 6
 PIN_IDLE_SECONDS = 10.0
 
 
+def _busy(exc: DBAPIError) -> bool:
+    """SQLite's write lock was held elsewhere (a no-wait BEGIN): the connection itself is fine, keep it."""
+    return getattr(exc.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+
+
 class _Pin:
     """A thread's kept connections, and when each last began a transaction (time.monotonic)."""
 
-    __slots__ = ("read", "read_used", "write", "write_used")
+    __slots__ = ("no_wait", "read", "read_used", "write", "write_used")
 
-    def __init__(self) -> None:
+    def __init__(self, no_wait: bool = False) -> None:
+        self.no_wait = no_wait
         self.write: Connection | None = None
         self.read: Connection | None = None
         self.write_used = 0.0
@@ -57,6 +64,7 @@ class VaultBase:
         self._grants: dict[bytes, tuple[apitokens.Grant | None, float]] = {}
         self._local = threading.local()
         self._pins: set[Connection] = set()
+        self._no_wait: set[Connection] = set()  # pinned write connections with busy_timeout 0 (pin_thread)
         self._pins_lock = threading.Lock()
 
     def now(self) -> int:
@@ -86,13 +94,17 @@ class VaultBase:
 
     # -- connections kept by a thread ---------------------------------------------------------------------------
 
-    def pin_thread(self) -> None:
+    def pin_thread(self, *, no_wait: bool = False) -> None:
         """Keep this thread's connections (one for writes, one for reads) between its transactions instead of
         taking one from the pool for each: for a thread that does nothing else (the sidecar's writer and readers),
         the checkout, its reset and the pool's bookkeeping cost as much as the statements of a small transaction.
         A connection idle for PIN_IDLE_SECONDS goes back to the pool and the next transaction takes a fresh one (the
-        pool's pre-ping then checks it, as it checks every other); an invalidated one is replaced the same way."""
-        self._local.pin = _Pin()
+        pool's pre-ping then checks it, as it checks every other); an invalidated one is replaced the same way.
+
+        `no_wait` (SQLite): this thread's write transactions never wait for the write lock; when another writer
+        holds it, BEGIN fails at once (Unavailable). For a thread that must not block (the sidecar's event loop,
+        which then hands the work to its writer thread). Such connections are discarded, never pooled again."""
+        self._local.pin = _Pin(no_wait and self.engine.dialect.name == "sqlite")
 
     def unpin_thread(self) -> None:
         pin: _Pin | None = getattr(self._local, "pin", None)
@@ -118,6 +130,9 @@ class VaultBase:
             conn = (self._writer if write else self._reader).connect()
             with self._pins_lock:
                 self._pins.add(conn)
+            if write and pin.no_wait:
+                self._no_wait.add(conn)
+                conn.connection.driver_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
         if write:
             pin.write, pin.write_used = conn, now
         else:
@@ -132,7 +147,7 @@ class VaultBase:
             with conn.begin():
                 yield
         except DBAPIError as exc:
-            if not isinstance(exc, IntegrityError):
+            if not isinstance(exc, IntegrityError) and not _busy(exc):
                 pin: _Pin | None = getattr(self._local, "pin", None)
                 if pin is not None:
                     if pin.write is conn:
@@ -146,6 +161,9 @@ class VaultBase:
         with self._pins_lock:
             self._pins.discard(conn)
         try:
+            if conn in self._no_wait:
+                self._no_wait.discard(conn)
+                conn.invalidate()  # its busy_timeout of 0 must not reach another thread through the pool
             conn.close()
         except Exception:  # noqa: BLE001 - a broken connection is being let go anyway
             pass

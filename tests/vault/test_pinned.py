@@ -129,3 +129,36 @@ def test_postgresql_killed_under_a_pinned_connection(vault: Vault, backend: str)
         assert vault.detokenize(made.tokens) == ["killed@example.com"]  # type: ignore[union-attr]
     finally:
         vault.unpin_thread()
+
+
+def test_no_wait_fails_at_once_while_another_writer_holds_the_lock(vault: Vault, backend: str) -> None:
+    """SQLite: a no-wait thread (the sidecar's loop) does not wait for the write lock; its connection stays usable
+    and never goes back to the pool with its busy_timeout of 0."""
+    if backend != "sqlite":
+        pytest.skip("SQLite only")
+    import sqlite3
+    import time
+
+    from vault.errors import Unavailable
+
+    path = vault.engine.url.database
+    assert path is not None
+    vault.pin_thread(no_wait=True)
+    try:
+        [made] = vault.tokenize_flows([_flow("first@example.com")], by="sidecar")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            start = time.monotonic()
+            with pytest.raises(Unavailable):
+                vault.tokenize_flows([_flow("second@example.com")], by="sidecar")
+            assert time.monotonic() - start < 1.0  # not the 30 s busy_timeout of every other connection
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        [again] = vault.tokenize_flows([_flow("second@example.com")], by="sidecar")
+        assert vault.detokenize(again.tokens) == ["second@example.com"]  # type: ignore[union-attr]
+    finally:
+        vault.unpin_thread()
+    with vault.engine.connect() as conn:  # whatever the pool hands out waits for the lock as before
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
