@@ -22,10 +22,10 @@ from mitmproxy import ctx, exceptions, http
 
 from proxy_addons import bodylimit, logfilter
 from proxy_addons.accesslog import AccessLog
-from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError, read_subject
+from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError, parse_json, read_subject
 from proxy_addons.vaultclient import HttpVault, InProcessVault, VaultClient
 from rules.compiler import RulesError, load_rules
-from rules.model import BODY_SELECTORS, Route, Rule, RuleSet
+from rules.model import BODY_SELECTORS, JsonSelector, Route, Rule, RuleSet
 from vault.config import Config, ConfigError, load_config
 from vault.errors import Unavailable, VaultError
 
@@ -48,6 +48,9 @@ class Tokenbunker:
         # The person a flow is about, for its response: ("token", uuid) once known. Memory only, never logged.
         self._subjects: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, str]] = weakref.WeakKeyDictionary()
         self._routes: weakref.WeakKeyDictionary[http.HTTPFlow, Route | None] = weakref.WeakKeyDictionary()
+        # Flows between their request headers and the end of their response (or error): with one alone, the
+        # in-process vault may run its transaction on the loop instead of handing it to its writer thread.
+        self._active: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self._mtimes: dict[str, float] = {}
         self._reloader: asyncio.Task[None] | None = None
 
@@ -107,7 +110,9 @@ class Tokenbunker:
             return HttpVault(config.proxy.vault_url, config.proxy.vault_token)
         from vault.server import open_vault
 
-        return InProcessVault(open_vault(config), audit_wait=config.proxy.audit_reveals == "strict")
+        client = InProcessVault(open_vault(config), audit_wait=config.proxy.audit_reveals == "strict")
+        client.alone = lambda: len(self._active) <= 1
+        return client
 
     def _close_client(self) -> None:
         if self.client is not None:
@@ -160,6 +165,7 @@ class Tokenbunker:
         return route
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._active.add(flow)
         if self.problem is None and (route := self._route(flow)) is not None and _needs_body(route.request):
             flow.request.stream = False  # the whole body is needed before anything may go upstream
 
@@ -179,12 +185,18 @@ class Tokenbunker:
         await self._protect(flow, route, flow.request, route.request, read=True)
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None or flow.metadata.get("tokenbunker", {}).get("refused"):
-            return
-        route = self._route(flow) if self.problem is None else None
-        if route is None or not route.response:
-            return
-        await self._protect(flow, route, flow.response, route.response, read=False)
+        try:
+            if flow.response is None or flow.metadata.get("tokenbunker", {}).get("refused"):
+                return
+            route = self._route(flow) if self.problem is None else None
+            if route is None or not route.response:
+                return
+            await self._protect(flow, route, flow.response, route.response, read=False)
+        finally:
+            self._active.discard(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._active.discard(flow)
 
     async def _protect(self, flow: http.HTTPFlow, route: Route, message: http.Message, rules: Sequence[Rule],
                        read: bool) -> None:
@@ -197,11 +209,16 @@ class Tokenbunker:
                 or bodylimit.exceeds(message.raw_content, message.headers.get("content-encoding", ""), self.max_body)
             ):
                 raise ProtectionError(f"the body is larger than the limit of {self.max_body} bytes", status=413)
+            doc = None
             if read:
-                subject = read_subject(flow.request, route.subject) if route.subject else None
+                if route.subject is not None and isinstance(route.subject.selector, JsonSelector) and (
+                        any(isinstance(r.selector, JsonSelector) for r in rules)):
+                    doc = parse_json(flow.request)  # once, for the subject and the rules
+                subject = read_subject(flow.request, route.subject, doc) if route.subject else None
             else:
                 subject = self._subjects.get(flow)
-            rewriter = MessageRewriter(message, flow.request, route, rules, self.max_body if reads_body else None)
+            rewriter = MessageRewriter(message, flow.request, route, rules, self.max_body if reads_body else None,
+                                       doc)
             person = await rewriter.apply(self.client, subject)
             if read and (person or subject) and route.response:
                 self._subjects[flow] = ("token", person) if person else subject  # type: ignore[assignment]

@@ -33,11 +33,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         backends = selected_backends(metafunc.config)
         if "pg_only" in metafunc.definition.keywords:
             backends = [b for b in backends if b == "postgresql"] or ["postgresql"]
+        if "sqlite_only" in metafunc.definition.keywords:
+            backends = ["sqlite"]
         metafunc.parametrize("backend", backends, scope="session")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pg_only: the test needs PostgreSQL (runs on it whatever --db says)")
+    config.addinivalue_line("markers", "sqlite_only: the test is about SQLite (runs on it whatever --db says)")
 
 
 def _plain_pg(url: str) -> str:

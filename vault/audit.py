@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, select
 
 from vault import rawsql
 from vault.crypto import seal, unseal
@@ -64,7 +64,7 @@ def link(keyring: KeyRing, prev_hash: bytes, row: dict[str, Any]) -> bytes:
 
 def _lock_chain(conn: Connection) -> bytes:
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
+        rawsql.fetchall(conn, "SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_ID,))
     # The driver's cursor (vault/rawsql.py): this and the insert below run in every sidecar flow's transaction.
     last = rawsql.fetchall(conn, _LAST_HASH_SQL, ())
     return GENESIS if not last else bytes(last[0][0])

@@ -90,6 +90,7 @@ class Vault(RecordsOps, ConsentOps, RequestsOps, AuditOps, PortalOps, VaultBase)
         return vault
 
     def close(self) -> None:
+        self._close_pins()
         self.engine.dispose()
 
     # -- start-up ---------------------------------------------------------------------------------------------
@@ -193,12 +194,10 @@ class Vault(RecordsOps, ConsentOps, RequestsOps, AuditOps, PortalOps, VaultBase)
             for i, person, start, end in spans:
                 out[i] = FlowTokens(person, made[start:end], owner_keys.get(person) if person else None,
                                     expiries[start:end], owners[start:end])
-            if by is not None:
-                self._audit(conn, tokenize_events(flows, spans, owner_keys, conn, by))
-
-
+            rows = tokenize_events(flows, spans, owner_keys, conn, by) if by is not None else []
             if created:
-                self._audit(conn, self._claim_pending(conn, created, by or LIBRARY, now))
+                rows.extend(self._claim_pending(conn, created, by or LIBRARY, now))
+            self._audit(conn, rows)  # one append to the chain for the whole group
             return out
 
         if not wanted:

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from vault import rawsql
 from vault.crypto import new_data_key, unwrap_data_key, wrap_data_key
 from vault.keys import KeyRing
 from vault.models import data_keys_table as dk
@@ -55,10 +56,9 @@ class DataKeys:
     def create_many(self, conn: Connection, count: int, now: int) -> list[tuple[str, AESGCM]]:
         """`count` new data keys in one executemany (a group of flows that bring new people)."""
         made = [(str(uuid.uuid4()), new_data_key()) for _ in range(count)]
-        conn.execute(insert(dk), [
-            {"id": key_id, "wrapped": wrap_data_key(self._keyring.wrap, key_id, raw), "created_at": now}
-            for key_id, raw in made
-        ])
+        # The driver's cursor (vault/rawsql.py): the sidecar makes one of these for every new person.
+        rawsql.executemany(conn, f"INSERT INTO {dk.name} (id, wrapped, created_at) VALUES ({rawsql.marks(conn, 3)})",
+                           [(key_id, wrap_data_key(self._keyring.wrap, key_id, raw), now) for key_id, raw in made])
         out = [(key_id, AESGCM(raw)) for key_id, raw in made]
         for key_id, aead in out:
             self._remember(key_id, aead)

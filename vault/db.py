@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,11 +59,20 @@ def _sqlite_engine(parsed: Any) -> Engine:
         # SELECT cost a third of a reveal.
         options = conn.get_execution_options()
         if options.get(WRITE_OPTION):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            _begin(conn, "BEGIN IMMEDIATE")
         elif not options.get(READ_OPTION):
-            conn.exec_driver_sql("BEGIN")
+            _begin(conn, "BEGIN")
 
     return engine
+
+
+def _begin(conn: Any, sql: str) -> None:
+    """BEGIN on the driver's connection: through exec_driver_sql it cost as much as a small transaction's
+    statements (every sidecar flow takes one). A driver error still becomes SQLAlchemy's, as vault/rawsql.py does."""
+    try:
+        conn.connection.driver_connection.execute(sql)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=conn.dialect) from None
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -7,9 +7,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
-from vault import apprecords, consents, sessions, sharedrecords
+from vault import apprecords, consents, rawsql, sessions, sharedrecords
 from vault.crypto import seal, unseal
 from vault.datakeys import DataKeys
 from vault.errors import BadInput, Conflict, NotFound
@@ -79,13 +79,7 @@ def create(conn: Connection, keyring: KeyRing, keys: DataKeys, profile: Any, cou
     return PersonRef(person_id, key_id)
 
 
-# One prebuilt statement per index mode: compiled once, then reused from SQLAlchemy's cache.
-_BY_INDEX = {
-    mode: select(people.c.id, people.c.data_key_id, people.c[f"{mode}_idx"]).where(
-        people.c[f"{mode}_idx"].in_(bindparam("hashes", expanding=True))
-    )
-    for mode in INDEX_MODES
-}
+_PEOPLE_COLUMNS = ("id", "data_key_id", "profile", "created_at", "updated_at", *(f"{m}_idx" for m in INDEX_MODES))
 
 
 def resolve_many(
@@ -94,30 +88,32 @@ def resolve_many(
 ) -> dict[tuple[str, str], PersonRef]:
     """People by (index mode, normalised value), made with just that field when missing: one SELECT per index
     mode and one insert per table, however many flows the group holds. The people made are added to `created`
-    as (ref, mode, value), for the caller to give them what waited for them (consents.claim_pending)."""
+    as (ref, mode, value), for the caller to give them what waited for them (consents.claim_pending).
+
+    The sidecar's hottest write: the statements go through the driver's cursor (vault/rawsql.py). No uniqueness
+    check before the insert: the unique indexes catch a race with another writer, as an IntegrityError that the
+    caller's retry answers by finding theirs."""
     out: dict[tuple[str, str], PersonRef] = {}
     hashed = {(mode, value): keyring.lookup_hash(f"idx|{mode}", value) for mode, value in wanted}
     for mode in {m for m, _ in wanted}:
         by_hash = {h: key for key, h in hashed.items() if key[0] == mode}
-        found = conn.execute(_BY_INDEX[mode], {"hashes": list(by_hash)})
-        for row in found:
-            out[by_hash[row[2]]] = PersonRef(row.id, row.data_key_id)
+        sql = (f"SELECT id, data_key_id, {mode}_idx FROM {people.name} "
+               f"WHERE {mode}_idx IN ({rawsql.marks(conn, len(by_hash))})")
+        for person_id, key_id, found_hash in rawsql.fetchall(conn, sql, list(by_hash)):
+            out[by_hash[bytes(found_hash)]] = PersonRef(person_id, key_id)
     missing = [key for key in wanted if key not in out]
     if missing:
         new_keys = keys.create_many(conn, len(missing), now)
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         for (mode, value), (key_id, aead) in zip(missing, new_keys, strict=True):
             person_id = str(uuid.uuid4())
-            rows.append({
-                "id": person_id, "data_key_id": key_id, "profile": seal(aead, _encode({mode: value}), _aad(person_id)),
-                "created_at": now, "updated_at": now,
-                **{f"{m}_idx": (hashed[(mode, value)] if m == mode else None) for m in INDEX_MODES},
-            })
+            rows.append((person_id, key_id, seal(aead, _encode({mode: value}), _aad(person_id)), now, now,
+                         *(hashed[(mode, value)] if m == mode else None for m in INDEX_MODES)))
             out[(mode, value)] = PersonRef(person_id, key_id)
             if created is not None:
                 created.append((out[(mode, value)], mode, value))
-        # A race with another writer on the same index ends in an IntegrityError: the caller's retry finds theirs.
-        conn.execute(insert(people), rows)
+        rawsql.executemany(conn, f"INSERT INTO {people.name} ({', '.join(_PEOPLE_COLUMNS)}) "
+                                 f"VALUES ({rawsql.marks(conn, len(_PEOPLE_COLUMNS))})", rows)
     return out
 
 

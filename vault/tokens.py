@@ -84,11 +84,13 @@ def tokenize(
     expired: list[str] = []
     wanted = [lk for lk in lookups if lk is not None]
     if wanted:
-        for row in conn.execute(_BY_LOOKUP, {"lookups": list(set(wanted))}):
-            if row.expires_at is not None and row.expires_at <= now:
-                expired.append(row.token)  # its value is gone; the value gets a new token below
+        unique_lookups = list(set(wanted))
+        sql = _BY_LOOKUP_SQL.format(marks=rawsql.marks(conn, len(unique_lookups)))
+        for token, lookup, expires_at, owner_id in rawsql.fetchall(conn, sql, unique_lookups):
+            if expires_at is not None and expires_at <= now:
+                expired.append(token)  # its value is gone; the value gets a new token below
             else:
-                existing[row.lookup] = (row.token, row.owner_id, row.expires_at)
+                existing[bytes(lookup)] = (token, owner_id, expires_at)
     made = plan(reqs, lookups, owner_of, owners, aeads, existing, now, expiries, owners_out)
 
     if expired:
@@ -99,7 +101,7 @@ def tokenize(
             made.adopted,
         )
     if made.new_rows:
-        conn.exec_driver_sql(_insert_sql(conn), made.new_rows)
+        rawsql.executemany(conn, _insert_sql(conn), made.new_rows)
     return made.tokens
 
 
@@ -124,9 +126,7 @@ def _owner_keys(conn: Connection, subjects: set[str] | set[str | None]) -> dict[
 
 
 # Statements built once: their compiled forms come from SQLAlchemy's cache on every batch, not rebuilt per call.
-_BY_LOOKUP = select(tokens.c.token, tokens.c.lookup, tokens.c.expires_at, tokens.c.owner_id).where(
-    tokens.c.lookup.in_(bindparam("lookups", expanding=True))
-)
+_BY_LOOKUP_SQL = f"SELECT token, lookup, expires_at, owner_id FROM {tokens.name} WHERE lookup IN ({{marks}})"
 _OWNER_KEYS = select(people.c.id, people.c.data_key_id).where(people.c.id.in_(bindparam("ids", expanding=True)))
 
 

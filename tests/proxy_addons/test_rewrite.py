@@ -7,6 +7,8 @@ import re
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy import http
 
 from tests.proxy_addons.conftest import (
@@ -547,3 +549,48 @@ def test_routes_matching_by_host_glob(proxy: Proxy, url: str) -> None:
     flow = proxy.request(json_flow(url, {"email": "jo@example.com"}))
     assert body(flow.request) == {"email": "[redacted]"}
     assert flow.metadata["tokenbunker"]["route"] == "scoped"
+
+
+# -- plain JSONPaths ($.a.b) are found and written without jsonpath_ng: the same answers as jsonpath_ng --------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "b", "c"]), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_json_values, path=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3))
+def test_plain_paths_find_and_write_what_jsonpath_ng_does(doc: object, path: list[str]) -> None:
+    import copy
+
+    from jsonpath_ng.ext import parse
+
+    from proxy_addons.rewrite import _plain_find, _plain_keys
+    from rules.model import JsonSelector
+
+    text = "$." + ".".join(path)
+    selector = JsonSelector(text, parse(text))
+    keys = _plain_keys(selector)
+    assert keys == tuple(path)
+    expected = [m.value for m in selector.expr.find(doc)]
+    found = _plain_find(keys, doc)
+    assert [value for value, _parent, _key in found] == expected
+    if found:
+        theirs = copy.deepcopy(doc)
+        for match in selector.expr.find(theirs):
+            theirs = match.full_path.update(theirs, "tok")
+        _value, parent, key = found[0]
+        parent[key] = "tok"
+        assert doc == theirs
+
+
+def test_paths_that_are_not_plain_keep_jsonpath_ng() -> None:
+    from jsonpath_ng.ext import parse
+
+    from proxy_addons.rewrite import _plain_keys
+    from rules.model import JsonSelector
+
+    for text in ("$", "$.*", "$..email", "$.a[0]", "$.a[*].b", "$.a,b", "$[?(@.x == 1)]"):
+        assert _plain_keys(JsonSelector(text, parse(text))) is None, text

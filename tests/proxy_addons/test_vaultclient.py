@@ -392,3 +392,81 @@ def test_audit_wait_reveals_in_the_transaction_that_records_them(vault: Vault) -
     finally:
         client.close()
     assert values[0] == "y@example.com" and values[1] not in (None, "Yan") and reasons == [None, None]
+
+
+# -- a flow the proxy handles alone: its transaction on the loop (SQLite), else the writer's ---------------------
+
+
+class ThreadsOf:
+    """Wraps a Vault method: records the thread each call ran on."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.threads: list[str] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return self.real(*args, **kwargs)
+
+
+def test_a_flow_alone_is_written_on_the_loop_on_sqlite(vault: Vault, in_process: InProcessVault, backend: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = ThreadsOf(vault.tokenize_flows)
+    monkeypatch.setattr(vault, "tokenize_flows", calls)
+    in_process.alone = lambda: True
+    made = asyncio.run(in_process.tokenize(("email", "alone@example.com"),
+                                           [TokenRequest("alone@example.com", kind="email", format="email")]))
+    assert vault.detokenize(made.tokens) == ["alone@example.com"]
+    # PostgreSQL: never on the loop (a round trip per statement would stall every other connection).
+    assert calls.threads == (["MainThread"] if backend == "sqlite" else ["tokenbunker-writer"])
+    in_process.alone = lambda: False
+    asyncio.run(in_process.tokenize(("email", "crowd@example.com"),
+                                    [TokenRequest("crowd@example.com", kind="email", format="email")]))
+    assert calls.threads[-1] == "tokenbunker-writer"
+
+
+@pytest.mark.sqlite_only
+def test_a_flow_alone_goes_to_the_writer_while_the_write_lock_is_held(vault: Vault, in_process: InProcessVault,
+                                                                      backend: str) -> None:
+    """Another writer (another process) holds SQLite's write lock: the loop does not wait for it; the writer thread
+    does, and the flow goes on once the lock is free."""
+    import sqlite3
+
+    path = vault.engine.url.database
+    assert path is not None
+    in_process.alone = lambda: True
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def run() -> FlowTokens:
+        task = asyncio.ensure_future(in_process.tokenize(
+            ("email", "locked@example.com"), [TokenRequest("locked@example.com", kind="email", format="email")]))
+        await asyncio.sleep(0.3)
+        assert not task.done()  # waiting in the writer thread, not refused, and the loop is free meanwhile
+        other.execute("ROLLBACK")
+        return await task
+
+    try:
+        made = asyncio.run(run())
+    finally:
+        other.close()
+    assert vault.detokenize(made.tokens) == ["locked@example.com"]
+
+
+def test_a_reveal_alone_is_read_and_audited_on_the_loop(vault: Vault, backend: str) -> None:
+    client = InProcessVault(vault, audit_wait=True)
+    try:
+        [made] = vault.tokenize_flows([FlowTokenize(("email", "shown@example.com"),
+                                                    [TokenRequest("shown@example.com", kind="email")])])
+        assert isinstance(made, FlowTokens)
+        calls = ThreadsOf(vault.reveal_flows)
+        vault.reveal_flows = calls  # type: ignore[method-assign]
+        client.alone = lambda: True
+        values, _reasons = asyncio.run(client.detokenize(made.tokens, "plain", None, "r1"))
+        assert values == ["shown@example.com"]
+        assert calls.threads == (["MainThread"] if backend == "sqlite" else ["tokenbunker-writer"])
+        _total, rows = vault.audit_trail(made.person, 0, 10)
+        assert [(r["action"], r["who"], r["route"]) for r in rows][0] == ("reveal", "sidecar", "r1")  # committed
+        assert vault.verify_audit().intact
+    finally:
+        client.close()
