@@ -6,6 +6,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,17 @@ from vault.logwriter import EmbeddedTokenizer, sqlite_path
 from vault.tokens import TokenRequest
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def _sqlite(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """A plain connection to look inside the file: committed and closed after (sqlite3's own `with` only commits)."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()
 
 
 def ip(value: str, ttl: int | None = 3600, deterministic: bool = True) -> TokenRequest:
@@ -71,7 +84,7 @@ def test_an_expired_token_is_replaced_and_gone(url: str, master_key: bytes, cloc
     (new, _), = writer.tokenize_with_expiry([ip("203.0.113.5", ttl=60)])
     writer.close()
     assert new != old
-    with sqlite3.connect(sqlite_path(url)) as conn:  # type: ignore[arg-type]
+    with _sqlite(sqlite_path(url)) as conn:  # type: ignore[arg-type]
         assert conn.execute("SELECT count(*) FROM tb_tokens WHERE token = ?", (old,)).fetchone() == (0,)
         row = conn.execute("SELECT value, owner_id, data_key_id FROM tb_tokens WHERE token = ?", (new,)).fetchone()
     assert b"203.0.113.5" not in row[0] and row[1:] == (None, "shared")  # sealed, ownerless, the shared key
@@ -86,7 +99,7 @@ def test_not_for_databases_the_full_vault_must_open(tmp_path: Path, master_key: 
     assert EmbeddedTokenizer.open(f"sqlite:///{empty}", master_key) is None
     old = tmp_path / "old.db"
     Vault.open(f"sqlite:///{old}", master_key).close()
-    with sqlite3.connect(old) as conn:
+    with _sqlite(old) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0001'")
     assert EmbeddedTokenizer.open(f"sqlite:///{old}", master_key) is None
     garbage = tmp_path / "garbage.db"
@@ -134,7 +147,7 @@ def test_racing_writers_agree_on_each_token(url: str, master_key: bytes) -> None
         t.join()
     assert not errors
     assert results[0] == results[1]
-    with sqlite3.connect(sqlite_path(url)) as conn:  # type: ignore[arg-type]
+    with _sqlite(sqlite_path(url)) as conn:  # type: ignore[arg-type]
         assert conn.execute("SELECT count(*) FROM tb_tokens").fetchone() == (len(values),)
 
 
@@ -176,7 +189,7 @@ def test_the_snapshot_is_what_the_migrations_make(tmp_path: Path) -> None:
 
 
 def _schema(path: Path) -> list[tuple[str, str, str | None]]:
-    with sqlite3.connect(path) as conn:
+    with _sqlite(path) as conn:
         return conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY rowid").fetchall()
 
 
@@ -219,20 +232,20 @@ def test_processes_making_the_same_new_vault_share_it(tmp_path: Path, master_key
     for t in threads:
         t.join()
     assert not errors and len(set(got)) == 1
-    with sqlite3.connect(tmp_path / "race.db") as conn:
+    with _sqlite(tmp_path / "race.db") as conn:
         assert conn.execute("SELECT count(*) FROM tb_meta").fetchone() == (1,)
 
 
 def test_create_leaves_other_databases_to_the_full_vault(tmp_path: Path, master_key: bytes) -> None:
     old = tmp_path / "old.db"
     Vault.open(f"sqlite:///{old}", master_key).close()
-    with sqlite3.connect(old) as conn:
+    with _sqlite(old) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0001'")
     before = _schema(old)
     assert EmbeddedTokenizer.open(f"sqlite:///{old}", master_key, create=True) is None
     assert _schema(old) == before
     other = tmp_path / "other.db"
-    with sqlite3.connect(other) as conn:
+    with _sqlite(other) as conn:
         conn.execute("CREATE TABLE t (x)")
     assert EmbeddedTokenizer.open(f"sqlite:///{other}", master_key, create=True) is None
     assert [row[1] for row in _schema(other)] == ["t"]
