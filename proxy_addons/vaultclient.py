@@ -87,15 +87,21 @@ class InProcessVault:
                                    {"kinds": kinds, "count": len(items)})])
             return hit
         work = FlowTokenize(subject, items)
-        result: Any = self._inline(self._tokenize, work) if self._may_inline() else _HAND_OVER
+        result = await self._write_job(self._tokenize, work)
+        self.cache.remember(subject, items, result)
+        return result  # type: ignore[no-any-return]
+
+    async def _write_job(self, run: Callable[[list[Any]], Sequence[Any]], work: Any) -> Any:
+        """`work` in a transaction on the loop when the flow may have one there (see _may_inline), else on the
+        writer thread with its group."""
+        result = self._inline(run, work) if self._may_inline() else _HAND_OVER
         if result is _HAND_OVER:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._jobs.put((work, future))
-            result = await future
-        elif isinstance(result, BaseException):
+            return await future
+        if isinstance(result, BaseException):
             raise result
-        self.cache.remember(subject, items, result)
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def detokenize(
         self, tokens: Sequence[str], reveal: str | Sequence[str], purpose: str | None, route: str | None = None
@@ -103,14 +109,7 @@ class InProcessVault:
         if self.audit_wait:
             # One hop to the writer, read and audited in its group's transaction (or that transaction here).
             work = FlowReveal(tokens, reveal, purpose, route)
-            answer: Any = self._inline(self._reveal, work) if self._may_inline() else _HAND_OVER
-            if answer is _HAND_OVER:
-                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                self._jobs.put((work, future))
-                answer = await future
-            elif isinstance(answer, BaseException):
-                raise answer
-            result: tuple[list[str | None], list[str | None]] = answer
+            result: tuple[list[str | None], list[str | None]] = await self._write_job(self._reveal, work)
             return result
         self._check_audit()
         loop = asyncio.get_running_loop()
