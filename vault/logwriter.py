@@ -30,7 +30,16 @@ from vault.crypto import new_data_key, unwrap_data_key, wrap_data_key
 from vault.errors import BadInput, Conflict, Unavailable
 from vault.keys import KeyRing, new_vault_secret, open_vault_secret, seal_vault_secret
 from vault.schemahead import SCHEMA_HEAD, VAULT_SECRET_META
-from vault.tokenplan import INSERT_COLUMNS, SHARED_KEY_ID, Existing, TokenRequest, lookups_of, plan
+from vault.tokenplan import (
+    BY_LOOKUP_SQL,
+    INSERT_COLUMNS,
+    SHARED_KEY_ID,
+    Existing,
+    TokenRequest,
+    lookups_of,
+    plan,
+    split_found,
+)
 
 log = logging.getLogger("tokenbunker.migrate")
 SNAPSHOT = Path(__file__).parent / "migrations" / "sqlite_head.sql"
@@ -117,13 +126,8 @@ class EmbeddedTokenizer:
             expired: list[str] = []
             wanted = list({lk for lk in lookups if lk is not None})
             for part in _chunks(wanted):
-                rows = conn.execute("SELECT token, lookup, expires_at, owner_id FROM tb_tokens WHERE lookup IN "
-                                    f"({', '.join('?' * len(part))})", part)
-                for token, lookup, expires_at, owner_id in rows:
-                    if expires_at is not None and expires_at <= now:
-                        expired.append(token)  # its value is gone; the value gets a new token below
-                    else:
-                        existing[lookup] = (token, owner_id, expires_at)
+                split_found(conn.execute(BY_LOOKUP_SQL.format(marks=", ".join("?" * len(part))), part), now,
+                            existing, expired)
             expiries: list[int | None] = []
             made = plan(reqs, lookups, [None] * len(reqs), {}, self._aeads, existing, now, expiries)
             for gone in _chunks(expired):

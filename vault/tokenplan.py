@@ -8,7 +8,7 @@ Both make the same rows from the same rules: one place decides what a token row 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,20 @@ INSERT_COLUMNS = ("token", "kind", "format", "value", "lookup", "owner_id", "dat
                   "expires_at", "route")
 
 Existing = dict[bytes, tuple[str, str | None, int | None]]  # lookup hash -> (token, owner, expires_at)
+
+
+# The stored deterministic tokens of a batch's lookups ({marks}: the driver's placeholders, one per lookup).
+BY_LOOKUP_SQL = "SELECT token, lookup, expires_at, owner_id FROM tb_tokens WHERE lookup IN ({marks})"
+
+
+def split_found(rows: Iterable[Sequence[Any]], now: int, existing: Existing, expired: list[str]) -> None:
+    """BY_LOOKUP_SQL's rows into the live tokens by lookup (`existing`) and the expired ones (`expired`: their values
+    are gone; the values get new tokens)."""
+    for token, lookup, expires_at, owner_id in rows:
+        if expires_at is not None and expires_at <= now:
+            expired.append(token)
+        else:
+            existing[bytes(lookup)] = (token, owner_id, expires_at)
 
 
 def lookups_of(keyring: KeyRing, reqs: Sequence[TokenRequest]) -> list[bytes | None]:

@@ -21,6 +21,7 @@ from vault.keys import KeyRing
 from vault.models import people_table as people
 from vault.models import tokens_table as tokens
 from vault.tokenplan import (  # noqa: F401  (TokenRequest and its limits are imported from here too)
+    BY_LOOKUP_SQL,
     INSERT_COLUMNS,
     KIND_PATTERN,
     MAX_VALUE_CHARS,
@@ -31,6 +32,7 @@ from vault.tokenplan import (  # noqa: F401  (TokenRequest and its limits are im
     aad,
     lookups_of,
     plan,
+    split_found,
 )
 
 
@@ -85,12 +87,8 @@ def tokenize(
     wanted = [lk for lk in lookups if lk is not None]
     if wanted:
         unique_lookups = list(set(wanted))
-        sql = _BY_LOOKUP_SQL.format(marks=rawsql.marks(conn, len(unique_lookups)))
-        for token, lookup, expires_at, owner_id in rawsql.fetchall(conn, sql, unique_lookups):
-            if expires_at is not None and expires_at <= now:
-                expired.append(token)  # its value is gone; the value gets a new token below
-            else:
-                existing[bytes(lookup)] = (token, owner_id, expires_at)
+        sql = BY_LOOKUP_SQL.format(marks=rawsql.marks(conn, len(unique_lookups)))
+        split_found(rawsql.fetchall(conn, sql, unique_lookups), now, existing, expired)
     made = plan(reqs, lookups, owner_of, owners, aeads, existing, now, expiries, owners_out)
 
     if expired:
@@ -126,7 +124,6 @@ def _owner_keys(conn: Connection, subjects: set[str] | set[str | None]) -> dict[
 
 
 # Statements built once: their compiled forms come from SQLAlchemy's cache on every batch, not rebuilt per call.
-_BY_LOOKUP_SQL = f"SELECT token, lookup, expires_at, owner_id FROM {tokens.name} WHERE lookup IN ({{marks}})"
 _OWNER_KEYS = select(people.c.id, people.c.data_key_id).where(people.c.id.in_(bindparam("ids", expanding=True)))
 
 
