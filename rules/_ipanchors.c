@@ -1,14 +1,11 @@
-/* Where an IPv4 or IPv6 address may begin its match: the positions of the anchors of rules/detectors.py's _V4 and
- * _V6_CAND patterns ("." and ":") at which their look-aheads hold. The detectors then run the full pattern only at
- * those positions, instead of the regex engine trying (and mostly failing) at every "." and ":" of a log: that was
- * most of the scrubber's time. The patterns keep the final say, so this only has to find every position where they
- * can match; it finds exactly those the look-aheads allow. Optional: without it, the detectors use finditer.
+/* The IP scans of rules/detectors.py in C. `re` tried the detectors' patterns at every "." and ":" of a log and
+ * mostly failed there: that was most of the scrubber's time. Optional: without it, the detectors use their regexes
+ * alone, which are the reference (tests/rules/test_ipanchors.py holds the two equal).
  *
- *   v4(text) -> [p, ...]  text[p] == "." and  (?=[0-9]{1,3}+\.[0-9]{1,3}+\.[0-9]{1,3}+(?![0-9A-Za-z]|\.[0-9]))
- *                         and one of _V4's look-behinds for the first octet (Chrome/ and the neighbours included)
- *   v4_spans(text, name) -> [(start, end, name), ...]: all of detectors._scan_ipv4 (its pure-Python path is the
- *                         reference; tests/rules/test_ipanchors.py holds them equal)
- *   v6(text) -> [p, ...]  text[p] == ":" and  (?=:|(?:[0-9A-Fa-f]{1,4}+:){5}|(?:[0-9A-Fa-f]{1,4}+:)*+:)
+ *   v4_spans(text, name) -> [(start, end, name), ...]: all of detectors._scan_ipv4 (_V4's look-arounds, octets, and
+ *                         the User-Agent product versions it leaves out)
+ *   v6(text) -> [p, ...]  text[p] == ":" and  (?=:|(?:[0-9A-Fa-f]{1,4}+:){5}|(?:[0-9A-Fa-f]{1,4}+:)*+:): where
+ *                         _V6_CAND may match; the detectors run it only there
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -146,6 +143,26 @@
             Py_DECREF(span);                                                                                        \
         }                                                                                                           \
         return 0;                                                                                                   \
+    }                                                                                                               \
+    /* The positions of detectors.v6's anchors, as ints (name: unused). */                                          \
+    static int v6_anchors_##SUFFIX(const CHAR_T *s, Py_ssize_t n, PyObject *Py_UNUSED(name), PyObject *out) {       \
+        for (Py_ssize_t p = 0; p < n; p++) {                                                                        \
+            if (sizeof(CHAR_T) == 1) {                                                                              \
+                const void *found = memchr(s + p, ':', (size_t)(n - p));                                            \
+                if (found == NULL) break;                                                                           \
+                p = (const CHAR_T *)found - s;                                                                      \
+            } else if (s[p] != ':') {                                                                               \
+                continue;                                                                                           \
+            }                                                                                                       \
+            if (!v6_at_##SUFFIX(s, n, p)) continue;                                                                 \
+            PyObject *pos = PyLong_FromSsize_t(p);                                                                  \
+            if (pos == NULL || PyList_Append(out, pos) < 0) {                                                       \
+                Py_XDECREF(pos);                                                                                    \
+                return -1;                                                                                          \
+            }                                                                                                       \
+            Py_DECREF(pos);                                                                                         \
+        }                                                                                                           \
+        return 0;                                                                                                   \
     }
 
 DEFINE_SCANNERS(1, Py_UCS1)
@@ -153,72 +170,42 @@ DEFINE_SCANNERS(2, Py_UCS2)
 DEFINE_SCANNERS(4, Py_UCS4)
 
 
-static PyObject *anchors(PyObject *arg, Py_UCS4 mark, int ipv6) {
-    if (!PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "a str is required");
-        return NULL;
-    }
-    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
-    int kind = PyUnicode_KIND(arg);
-    const void *data = PyUnicode_DATA(arg);
-    PyObject *out = PyList_New(0);
-    if (out == NULL) return NULL;
-    for (Py_ssize_t p = 0; p < n; p++) {
-        int hit;
-        if (kind == PyUnicode_1BYTE_KIND) {
-            const Py_UCS1 *s = (const Py_UCS1 *)data;
-            const Py_UCS1 *found = memchr(s + p, (int)mark, (size_t)(n - p));
-            if (found == NULL) break;
-            p = found - s;
-            hit = ipv6 ? v6_at_1(s, n, p) : v4_at_1(s, n, p);
-        } else if (kind == PyUnicode_2BYTE_KIND) {
-            const Py_UCS2 *s = (const Py_UCS2 *)data;
-            if (s[p] != mark) continue;
-            hit = ipv6 ? v6_at_2(s, n, p) : v4_at_2(s, n, p);
-        } else {
-            const Py_UCS4 *s = (const Py_UCS4 *)data;
-            if (s[p] != mark) continue;
-            hit = ipv6 ? v6_at_4(s, n, p) : v4_at_4(s, n, p);
-        }
-        if (hit) {
-            PyObject *pos = PyLong_FromSsize_t(p);
-            if (pos == NULL || PyList_Append(out, pos) < 0) {
-                Py_XDECREF(pos);
-                Py_DECREF(out);
-                return NULL;
-            }
-            Py_DECREF(pos);
-        }
-    }
-    return out;
-}
-
-static PyObject *v4(PyObject *Py_UNUSED(self), PyObject *arg) { return anchors(arg, '.', 0); }
+/* A scan of `text` by its string kind, into a new list. */
+#define SCAN(FN, text, name)                                                                                        \
+    do {                                                                                                            \
+        Py_ssize_t n_ = PyUnicode_GET_LENGTH(text);                                                                 \
+        const void *data_ = PyUnicode_DATA(text);                                                                   \
+        int kind_ = PyUnicode_KIND(text), status_;                                                                  \
+        PyObject *out_ = PyList_New(0);                                                                             \
+        if (out_ == NULL) return NULL;                                                                              \
+        if (kind_ == PyUnicode_1BYTE_KIND)                                                                          \
+            status_ = FN##_1((const Py_UCS1 *)data_, n_, name, out_);                                               \
+        else if (kind_ == PyUnicode_2BYTE_KIND)                                                                     \
+            status_ = FN##_2((const Py_UCS2 *)data_, n_, name, out_);                                               \
+        else                                                                                                        \
+            status_ = FN##_4((const Py_UCS4 *)data_, n_, name, out_);                                               \
+        if (status_ < 0) {                                                                                          \
+            Py_DECREF(out_);                                                                                        \
+            return NULL;                                                                                            \
+        }                                                                                                           \
+        return out_;                                                                                                \
+    } while (0)
 
 static PyObject *v4_spans(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *text, *name;
     if (!PyArg_ParseTuple(args, "UU", &text, &name)) return NULL;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    const void *data = PyUnicode_DATA(text);
-    PyObject *out = PyList_New(0);
-    if (out == NULL) return NULL;
-    int kind = PyUnicode_KIND(text), status;
-    if (kind == PyUnicode_1BYTE_KIND)
-        status = v4_spans_1((const Py_UCS1 *)data, n, name, out);
-    else if (kind == PyUnicode_2BYTE_KIND)
-        status = v4_spans_2((const Py_UCS2 *)data, n, name, out);
-    else
-        status = v4_spans_4((const Py_UCS4 *)data, n, name, out);
-    if (status < 0) {
-        Py_DECREF(out);
+    SCAN(v4_spans, text, name);
+}
+
+static PyObject *v6(PyObject *Py_UNUSED(self), PyObject *arg) {
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "a str is required");
         return NULL;
     }
-    return out;
+    SCAN(v6_anchors, arg, Py_None);
 }
-static PyObject *v6(PyObject *Py_UNUSED(self), PyObject *arg) { return anchors(arg, ':', 1); }
 
 static PyMethodDef methods[] = {
-    {"v4", v4, METH_O, "Positions of the \".\" where an IPv4 match of rules.detectors may begin."},
     {"v4_spans", v4_spans, METH_VARARGS,
      "v4_spans(text, name): rules.detectors._scan_ipv4(text), each span (start, end, name)."},
     {"v6", v6, METH_O, "Positions of the \":\" where an IPv6 candidate of rules.detectors may begin."},

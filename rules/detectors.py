@@ -63,7 +63,6 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from operator import itemgetter
 from types import ModuleType
 
 __all__ = ["DETECTORS", "KIND_OF", "Detector", "Finding"]
@@ -500,7 +499,6 @@ def _scan_card(text: str) -> list[Span]:
 
 
 # ------------------------------------------------------------------------------------------------------------ resolve
-_START = itemgetter(0)
 
 
 def _resolve(found: list[Finding]) -> list[Finding]:

@@ -39,7 +39,6 @@ from vault.schemahead import VAULT_SECRET_META
 FORMAT = "tokenbunker-backup"
 VERSION = 1
 _BATCH = 500
-_VAULT_SECRET = VAULT_SECRET_META
 
 
 def _line(obj: Any) -> bytes:
@@ -151,7 +150,7 @@ def check(path: Path, master_key: bytes) -> Header:
         header, section, row = step
         if section is not None and row is not None and section.table == "tb_meta":
             record = dict(zip(section.columns, row, strict=True))
-            if record.get("name") == _VAULT_SECRET:
+            if record.get("name") == VAULT_SECRET_META:
                 open_vault_secret(master_key, bytes.fromhex(record["value"]))  # raises WrongKey
                 secret_ok = True
     assert header is not None

@@ -47,7 +47,6 @@ from vault.vaultbase import VaultBase
 _T = TypeVar("_T")
 
 
-_VAULT_SECRET = VAULT_SECRET_META
 _RETRIES = 6
 GRANT_CACHE_SECONDS = 5.0
 
@@ -482,8 +481,6 @@ class FlowTokens:
     owners: list[str | None] | None = None
 
 
-
-
 def _schema_is_current(engine: Engine) -> bool:
     try:
         with engine.connect() as conn:
@@ -495,14 +492,14 @@ def _schema_is_current(engine: Engine) -> bool:
 def _unlock(engine: Engine, master_key: bytes) -> bytes:
     """The vault secret, opened with the master key; made and sealed on the first start of an empty vault."""
     with _db_errors(), engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
-        sealed = conn.execute(select(meta_table.c.value).where(meta_table.c.name == _VAULT_SECRET)).scalar()
+        sealed = conn.execute(select(meta_table.c.value).where(meta_table.c.name == VAULT_SECRET_META)).scalar()
         if sealed is not None:
             return open_vault_secret(master_key, bytes.fromhex(sealed))
         if conn.execute(select(func.count()).select_from(data_keys_table)).scalar():
             raise WrongKey("this vault holds data keys but no sealed vault secret; refusing to guess")
         secret = new_vault_secret()
         conn.execute(
-            insert(meta_table).values(name=_VAULT_SECRET, value=seal_vault_secret(master_key, secret).hex())
+            insert(meta_table).values(name=VAULT_SECRET_META, value=seal_vault_secret(master_key, secret).hex())
         )
         return secret
 
@@ -513,13 +510,13 @@ def rotate_master_key(database_url: str, old_key: bytes, new_key: bytes) -> None
     engine = make_engine(database_url)
     try:
         with _db_errors(), engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
-            sealed = conn.execute(select(meta_table.c.value).where(meta_table.c.name == _VAULT_SECRET)).scalar()
+            sealed = conn.execute(select(meta_table.c.value).where(meta_table.c.name == VAULT_SECRET_META)).scalar()
             if sealed is None:
                 raise WrongKey("this vault has no sealed vault secret yet: start it once before rotating")
             secret = open_vault_secret(old_key, bytes.fromhex(sealed))
             conn.execute(
                 update(meta_table)
-                .where(meta_table.c.name == _VAULT_SECRET)
+                .where(meta_table.c.name == VAULT_SECRET_META)
                 .values(value=seal_vault_secret(new_key, secret).hex())
             )
     finally:

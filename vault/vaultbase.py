@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -70,23 +70,19 @@ class VaultBase:
     def now(self) -> int:
         return int(self._clock())
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with db_errors():
-            pinned = self._pinned(False)
-            if pinned is None:
-                with self._reader.begin() as conn:
-                    yield conn
-            else:
-                with self._on_pinned(pinned):
-                    yield pinned
+    def _read(self) -> AbstractContextManager[Connection]:
+        return self._transaction(write=False)
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        return self._transaction(write=True)
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _transaction(self, *, write: bool) -> Iterator[Connection]:
+        """A transaction on this thread's kept connection (pin_thread), else on one from the pool."""
         with db_errors():
-            pinned = self._pinned(True)
+            pinned = self._pinned(write)
             if pinned is None:
-                with self._writer.begin() as conn:
+                with (self._writer if write else self._reader).begin() as conn:
                     yield conn
             else:
                 with self._on_pinned(pinned):
