@@ -273,11 +273,12 @@ def _cpu_seconds(pid: int) -> float:
 class CaseDef:
     key: str
     label: str
-    proxy: str  # "" (direct), "mitmdump", "mitmdump-log", "sidecar"
+    proxy: str  # "" (direct), "mitmdump", "mitmdump-log", "sidecar", "floor"
     rules: str | None = None
     same: bool = False
     expect_plain: str = "all"  # upstream sees clear emails in "all" requests, or in "none"
     expect_revealed: bool = False  # the client sees a clear email in every answer
+    floor: str = ""  # "floor" cases: bench/floor_addon.py's mode
 
 
 RULES_HEAD = f"""version: 1
@@ -306,7 +307,13 @@ CASES = [
     CaseDef("d", "(d) tokenize 3, repeat", "sidecar", TOKENIZE.replace("<det>", ", deterministic: true"), same=True,
             expect_plain="none"),
     CaseDef("e", "(e) reveal 3", "sidecar", REVEAL, expect_revealed=True),
+    # The floors of (c) and (e) (bench/floor_addon.py): only the unavoidable work, on (f)'s lean master.
+    CaseDef("gr", "(g-r) rewrite, no vault", "floor", "version: 1\nroutes: []\n", expect_plain="none",
+            floor="rewrite"),
+    CaseDef("gc", "(g-c) floor of (c)", "floor", "version: 1\nroutes: []\n", expect_plain="none", floor="tokenize"),
+    CaseDef("ge", "(g-e) floor of (e)", "floor", "version: 1\nroutes: []\n", expect_revealed=True, floor="reveal"),
 ]
+FLOORS = {"gr": "c", "gc": "c", "ge": "e"}
 
 
 @dataclass
@@ -392,6 +399,10 @@ class Bench:
             tokens = made.tokens  # type: ignore[union-attr]
         finally:
             vault.close()
+        # The floor of (e) stores the same three tokens in a database of its own, with its own keys.
+        (self.tmp / "floor-seed.json").write_text(json.dumps(
+            {tokens[0]: ["email", SHOWN["email"]], tokens[1]: ["phone", SHOWN["phone"]],
+             tokens[2]: ["name", SHOWN["name"]]}))
         return json.dumps({"id": 123456, "email": tokens[0], "phone": tokens[1], "name": tokens[2], "plan": "basic",
                            "newsletter": False, "country": "GB", "created": "2026-11-26T12:00:00Z"},
                           separators=(",", ":")).encode()
@@ -426,8 +437,12 @@ class Bench:
         config = self.tmp / f"config-{case.key}.yaml"
         config.write_text(f"vault:\n  database_url: {self.db(case.key)}\nproxy:\n  rules: [{rules}]\n"
                           f"  audit_reveals: {self.audit_reveals}\n")
+        floor = [] if not case.floor else [
+            "-s", str(ROOT / "bench" / "floor_addon.py"), "--set", f"floor_mode={case.floor}",
+            "--set", f"floor_db={self.tmp / f'floor-{case.key}.db'}",
+            *(["--set", f"floor_seed={self.tmp / 'floor-seed.json'}"] if case.floor == "reveal" else [])]
         return [str(BIN / "tokenbunker"), "proxy", "--config", str(config), "--mode", upstream,
-                "--listen-port", str(port), *confdir]
+                "--listen-port", str(port), *confdir, *floor]
 
     def spawn(self, case: CaseDef, port: int, command: list[str] | None = None) -> subprocess.Popen[bytes]:
         with open(self.tmp / f"proxy-{case.key}.log", "wb") as log:
@@ -592,9 +607,26 @@ def report(results: list[Result]) -> None:
                 added = r.ms(0.5) - f1.ms(0.5)
                 print(f"{r.case.label} conc 1: p50 added over (f) {added:+.2f} ms (target <= "
                       f"{TARGET_ADDED_P50_MS:.1f} ms): {'PASS' if added <= TARGET_ADDED_P50_MS else 'FAIL'}")
+    floor_lines = []
+    for key, of in FLOORS.items():
+        for conc in sorted({r.conc for r in results}):
+            fl, case, f_case = by.get((key, conc)), by.get((of, conc)), by.get(("f", conc))
+            if fl is None:
+                continue
+            parts = [f"req/s {fl.ratios['f']:.2f}x (f)" if fl.ratios["f"] is not None else "",
+                     f"{fl.ratios['b']:.2f}x (b)" if fl.ratios["b"] is not None else ""]
+            if conc == 1 and f_case is not None:
+                parts.append(f"p50 added over (f) {fl.ms(0.5) - f_case.ms(0.5):+.2f} ms")
+            if case is not None and case.rps:
+                parts.append(f"({of}) reaches {case.rps / fl.rps:.2f}x of its floor's req/s")
+            floor_lines.append(f"  {fl.case.label} conc {conc}: " + ", ".join(p for p in parts if p))
+    if floor_lines:
+        print("\nfloors (bench/floor_addon.py: only the unavoidable work, bare sqlite3, one commit per flow on the loop; "
+              "informational; at conc 16 the product's group commit can beat them):")
+        print("\n".join(floor_lines))
     # Other work on the machine moves req/s and latency a lot; the proxy's CPU time per request much less.
     lines = []
-    for key in CHECKED:
+    for key in (*CHECKED, *FLOORS):
         for conc in sorted({r.conc for r in results}):
             case, f_case = by.get((key, conc)), by.get(("f", conc))
             if case is None or case.cpu_ms_per_request is None:
@@ -793,8 +825,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds over all cases, each measuring duration/rounds, so "
                         "that noise from the rest of the machine falls on every case alike (default 4, 1 with --quick)")
     parser.add_argument("--conc", default="1,16", help="concurrency levels, comma-separated (default 1,16)")
-    parser.add_argument("--cases", default="a,b,b2,f,c,d,e",
-                        help="cases to run, comma-separated, from a,b,b2,f,c,d,e (default: all)")
+    parser.add_argument("--cases", default="a,b,b2,f,c,d,e,gr,gc,ge",
+                        help="cases to run, comma-separated, from a,b,b2,f,c,d,e and the floors gr,gc,ge (default: all)")
     parser.add_argument("--profile", action="store_true", help="then profile a sidecar case (--profile-case, default "
                         "c) at the highest concurrency")
     parser.add_argument("--profile-only", action="store_true", help="only the profile, no table")
