@@ -621,8 +621,8 @@ def report(results: list[Result]) -> None:
                 parts.append(f"({of}) reaches {case.rps / fl.rps:.2f}x of its floor's req/s")
             floor_lines.append(f"  {fl.case.label} conc {conc}: " + ", ".join(p for p in parts if p))
     if floor_lines:
-        print("\nfloors (bench/floor_addon.py: only the unavoidable work, bare sqlite3, one commit per flow on the loop; "
-              "informational; at conc 16 the product's group commit can beat them):")
+        print("\nfloors (bench/floor_addon.py: only the unavoidable work, bare sqlite3, one commit per flow on the "
+              "loop; informational; at conc 16 the product's group commit can beat them):")
         print("\n".join(floor_lines))
     # Other work on the machine moves req/s and latency a lot; the proxy's CPU time per request much less.
     lines = []
@@ -826,7 +826,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "that noise from the rest of the machine falls on every case alike (default 4, 1 with --quick)")
     parser.add_argument("--conc", default="1,16", help="concurrency levels, comma-separated (default 1,16)")
     parser.add_argument("--cases", default="a,b,b2,f,c,d,e,gr,gc,ge",
-                        help="cases to run, comma-separated, from a,b,b2,f,c,d,e and the floors gr,gc,ge (default: all)")
+                        help="cases to run, comma-separated, from a,b,b2,f,c,d,e and the floors gr,gc,ge "
+                        "(default: all)")
     parser.add_argument("--profile", action="store_true", help="then profile a sidecar case (--profile-case, default "
                         "c) at the highest concurrency")
     parser.add_argument("--profile-only", action="store_true", help="only the profile, no table")
