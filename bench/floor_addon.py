@@ -14,6 +14,9 @@ flow, is what the product's guarantees need, on bare `sqlite3` and the vault's o
   committed transaction; the answer written back with the values.
 * `floor_mode=rewrite`: tokenize's JSON rewrite alone (random tokens, no database, no crypto).
 
+With `floor_stats=FILE` it writes, when the proxy stops, how long its transactions took (p50 and mean, from BEGIN
+to the end of COMMIT, and the COMMIT alone), as measured inside the proxy.
+
 If this floor misses a target, no implementation of the product on this runtime and machine meets it with a
 committed transaction per flow.
 """
@@ -44,11 +47,13 @@ class Floor:
         self.index_key = os.urandom(32)
         self.audit_key = os.urandom(32)
         self.keys: dict[str, AESGCM] = {}
+        self.timings: list[tuple[float, float]] = []  # per flow: the transaction up to COMMIT, and the COMMIT
 
     def load(self, loader: Any) -> None:
         loader.add_option("floor_mode", str, "", "tokenize, reveal, or rewrite (the JSON rewrite of tokenize only)")
         loader.add_option("floor_db", str, "", "the SQLite file")
         loader.add_option("floor_seed", str, "", "reveal: a JSON file of {token: value} to store first")
+        loader.add_option("floor_stats", str, "", "at the end, write the transactions' timings here (JSON)")
 
     def configure(self, updated: set[str]) -> None:
         from mitmproxy import ctx
@@ -64,6 +69,8 @@ class Floor:
         if ctx.options.floor_seed:
             seed = json.loads(Path(ctx.options.floor_seed).read_text())
             self.db.execute("BEGIN IMMEDIATE")
+            # Stored again under this instance's keys (mitmproxy reloads a script that changes on disk).
+            self.db.executemany("DELETE FROM tb_tokens WHERE token = ?", [(t,) for t in seed])
             person, key_id, key = self._new_person(f"seed@{uuid.uuid4()}", int(time.time()))
             self.db.executemany("INSERT INTO tb_tokens (token, kind, format, value, owner_id, data_key_id, created_at) "
                                 "VALUES (?,?,?,?,?,?,?)",
@@ -114,6 +121,7 @@ class Floor:
             return
         doc = json.loads(flow.request.get_content() or b"{}")
         now = int(time.time())
+        started = time.perf_counter()
         self.db.execute("BEGIN IMMEDIATE")
         person, key_id, key = self._new_person(doc["email"], now)
         rows = []
@@ -124,7 +132,7 @@ class Floor:
         self.db.executemany("INSERT INTO tb_tokens (token, kind, format, value, owner_id, data_key_id, created_at, "
                             "route) VALUES (?,?,?,?,?,?,?,?)", rows)
         self._audit(now, "tokenize", person, key_id, key, {"kinds": ["email", "name", "phone"], "count": 3})
-        self.db.execute("COMMIT")
+        self._commit(started)
         flow.request.set_content(json.dumps(doc, separators=(",", ":")).encode())
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -135,6 +143,7 @@ class Floor:
         doc = json.loads(flow.response.get_content() or b"{}")
         fields = ("email", "phone", "name")
         now = int(time.time())
+        started = time.perf_counter()
         self.db.execute("BEGIN IMMEDIATE")
         found = {t: (v, o, k) for t, v, o, k in self.db.execute(
             "SELECT token, value, owner_id, data_key_id FROM tb_tokens WHERE token IN (?,?,?)",
@@ -151,12 +160,29 @@ class Floor:
             doc[f] = value if f != "phone" else "*" * (len(value) - 4) + value[-4:]
         assert key is not None
         self._audit(now, "reveal", person, key_id, key, {"kinds": ["email", "name", "phone"], "count": 3})
-        self.db.execute("COMMIT")
+        self._commit(started)
         flow.response.set_content(json.dumps(doc, separators=(",", ":")).encode())
 
+    def _commit(self, started: float) -> None:
+        assert self.db is not None
+        before = time.perf_counter()
+        self.db.execute("COMMIT")
+        self.timings.append((before - started, time.perf_counter() - before))
+
     def done(self) -> None:
+        from mitmproxy import ctx
+
         if self.db is not None:
             self.db.close()
+        if ctx.options.floor_stats and self.timings:
+            def p50(xs: list[float]) -> float:
+                return sorted(xs)[len(xs) // 2] * 1e6
+
+            whole = [a + b for a, b in self.timings]
+            Path(ctx.options.floor_stats).write_text(json.dumps({
+                "flows": len(self.timings), "txn_p50_us": p50(whole), "txn_mean_us": sum(whole) / len(whole) * 1e6,
+                "before_commit_p50_us": p50([a for a, _ in self.timings]),
+                "commit_p50_us": p50([b for _, b in self.timings])}))
 
 
 addons = [Floor()]

@@ -440,6 +440,7 @@ class Bench:
         floor = [] if not case.floor else [
             "-s", str(ROOT / "bench" / "floor_addon.py"), "--set", f"floor_mode={case.floor}",
             "--set", f"floor_db={self.tmp / f'floor-{case.key}.db'}",
+            "--set", f"floor_stats={self.tmp / f'floor-{case.key}.json'}",
             *(["--set", f"floor_seed={self.tmp / 'floor-seed.json'}"] if case.floor == "reveal" else [])]
         return [str(BIN / "tokenbunker"), "proxy", "--config", str(config), "--mode", upstream,
                 "--listen-port", str(port), *confdir, *floor]
@@ -643,6 +644,21 @@ def report(results: list[Result]) -> None:
     if lines:
         print("\nproxy CPU per request (robust to other load; the inverse ratio is the throughput ratio a CPU-bound "
               "proxy would reach; informational):")
+        print("\n".join(lines))
+
+
+def floor_timings(tmp: Path, cases: Sequence[CaseDef]) -> None:
+    """What the floors' transactions took inside their proxies, over the whole run (both concurrencies)."""
+    lines = []
+    for case in cases:
+        path = tmp / f"floor-{case.key}.json"
+        if case.floor and path.exists():
+            t = json.loads(path.read_text())
+            lines.append(f"  {case.label}: {t['flows']:,} transactions, BEGIN to COMMIT done p50 "
+                         f"{t['txn_p50_us'] / 1000:.2f} ms (mean {t['txn_mean_us'] / 1000:.2f} ms), of which "
+                         f"COMMIT p50 {t['commit_p50_us'] / 1000:.2f} ms")
+    if lines:
+        print("\nthe floors' own transactions, timed inside the proxy (one per flow, on the event loop):")
         print("\n".join(lines))
 
 
@@ -875,6 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     bench.stop(proc)
                 bench.proxies.clear()
                 report(list(bench.results.values()))
+                floor_timings(bench.tmp, cases)
             if args.profile or args.profile_only:
                 tool = None if args.cprofile else find_py_spy(args.py_spy)
                 try:
