@@ -8,7 +8,6 @@ connections. Both answer the same two coroutines.
 from __future__ import annotations
 
 import asyncio
-import functools
 import http.client
 import json
 import logging
@@ -50,21 +49,22 @@ class InProcessVault:
       the flow goes on once its tokens are committed, with their audit rows in the same transaction.
     - A flow whose tokens are all deterministic and were seen in the last seconds is answered from `TokenCache`
       on the loop itself: no hop, no transaction (proxy_addons/tokencache.py says why that is safe).
-    - Reveals are read by a reader thread (no transaction). Their audit rows, and those of cache hits, are
-      coalesced in `AuditBuffer` and written by the writer thread within FLUSH_SECONDS; while such a write fails,
-      these flows are refused (fail closed). With `audit_wait=True`, a reveal instead waits for its audit rows:
-      it is read in the writer's group transaction that records it (one hop, one transaction per group).
+    - Reveals are read by one reader thread, which takes every reveal waiting into one read (no transaction), as
+      the writer groups its commits; a flow the proxy handles alone is read on the loop (SQLite). Their audit rows,
+      and those of cache hits, are coalesced in `AuditBuffer` and written by the writer thread within
+      FLUSH_SECONDS; while such a write fails, these flows are refused (fail closed). With `audit_wait=True`, a
+      reveal instead waits for its audit rows: it is read in the writer's group transaction that records it (one
+      hop, one transaction per group).
     """
 
-    def __init__(self, vault: Vault, *, readers: int = 2, audit_wait: bool = False,
-                 cache: TokenCache | None = None) -> None:
+    def __init__(self, vault: Vault, *, audit_wait: bool = False, cache: TokenCache | None = None) -> None:
         self.vault = vault
         self.audit_wait = audit_wait
         self.cache = cache if cache is not None else TokenCache()
         self.audit = AuditBuffer()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tokenbunker-reader",
-                                           initializer=vault.pin_thread)
+        self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._reading = False  # the reader is between taking a batch and answering it
         # Transactions of a flow the proxy handles alone may run on the loop itself (_may_inline); SQLite only, where
         # a write lock held elsewhere is seen at once rather than waited for on the loop. `alone` is the addon's.
         self._inline_ok = vault.engine.dialect.name == "sqlite"
@@ -73,6 +73,8 @@ class InProcessVault:
         self._working = False  # the writer is between taking a batch and answering it
         self._writer = threading.Thread(target=self._write_loop, name="tokenbunker-writer", daemon=True)
         self._writer.start()
+        self._reader = threading.Thread(target=self._read_loop, name="tokenbunker-reader", daemon=True)
+        self._reader.start()
 
     def _check_audit(self) -> None:
         if self.audit.failing:
@@ -112,9 +114,17 @@ class InProcessVault:
             result: tuple[list[str | None], list[str | None]] = await self._write_job(self._reveal, work)
             return result
         self._check_audit()
-        loop = asyncio.get_running_loop()
-        values, reasons, rows = await loop.run_in_executor(
-            self._readers, functools.partial(self.vault.reveal, tokens, reveal, purpose, by=ACTOR, route=route))
+        work = FlowReveal(tokens, reveal, purpose, route)
+        # Alone, on the loop: a read never waits for a writer under WAL, and costs less than the two hand-offs.
+        found = self._inline(self._read_flows, work) if self._inline_ok and not self._reading and \
+            self._reads.empty() and self.alone() else _HAND_OVER
+        if found is _HAND_OVER:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._reads.put((work, future))
+            found = await future
+        elif isinstance(found, BaseException):
+            raise found
+        values, reasons, rows = found
         self._add_audit(rows)
         return values, reasons
 
@@ -126,10 +136,10 @@ class InProcessVault:
         return self._inline_ok and not self._working and self._jobs.empty() and self.alone()
 
     def _inline(self, work: Callable[[list[Any]], Sequence[Any]], item: Any) -> Any:
-        """The writer's work for one flow, on this thread, on a connection that never waits for SQLite's write lock:
-        when another writer (this process's writer thread, another process) holds it, or the transaction fails in
-        any other way, _HAND_OVER: the flow goes to the writer thread as it would have, which waits for the lock
-        or fails the flow closed. Nothing of a failed attempt was committed (SQLite rolls it back whole)."""
+        """The writer's (or reader's) work for one flow, on this thread, on connections that never wait for SQLite's
+        locks: when another writer (this process's writer thread, another process) holds the write lock, or the
+        call fails in any other way, _HAND_OVER: the flow goes to the thread as it would have, which waits for the
+        lock or fails the flow closed. Nothing of a failed attempt was committed (SQLite rolls it back whole)."""
         if not self._loop_pinned:
             self.vault.pin_thread(no_wait=True)
             self._loop_pinned = True
@@ -149,6 +159,30 @@ class InProcessVault:
     def _add_audit(self, rows: Sequence[Event]) -> None:
         if self.audit.add(rows):
             self._jobs.put(_FLUSH)
+
+    def _read_flows(self, flows: list[Any]) -> Sequence[Any]:
+        return self.vault.read_flows(flows, by=ACTOR)
+
+    def _read_loop(self) -> None:
+        """The reader thread: every reveal waiting is read in one go and answered with one wake-up per loop."""
+        self.vault.pin_thread()
+        try:
+            while (job := self._reads.get()) is not None:
+                self._reading = True
+                batch = [job]
+                while len(batch) < GROUP_MAX:
+                    try:
+                        more = self._reads.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._reads.put(None)  # answer this batch, then stop
+                        break
+                    batch.append(more)
+                _answer(self._run_group(batch, self._read_flows))
+                self._reading = False
+        finally:
+            self.vault.unpin_thread()
 
     def _write_loop(self) -> None:
         self.vault.pin_thread()  # one connection for this thread's transactions, not a checkout for each
@@ -181,9 +215,9 @@ class InProcessVault:
             reveals = [(work, future) for work, future in batch if isinstance(work, FlowReveal)]
             answers: list[tuple[asyncio.Future[Any], Any]] = []
             if flows:
-                answers += self._commit(flows, self._tokenize)
+                answers += self._run_group(flows, self._tokenize)
             if reveals:
-                answers += self._commit(reveals, self._reveal)
+                answers += self._run_group(reveals, self._reveal)
             if answers:
                 _answer(answers)
             self._working = False
@@ -225,7 +259,8 @@ class InProcessVault:
             self.cache.drop_missing(people - people_left, tokens - tokens_left)
 
     @staticmethod
-    def _commit(jobs: list[_Job], work: Callable[[list[Any]], Sequence[Any]]) -> list[tuple[asyncio.Future[Any], Any]]:
+    def _run_group(jobs: list[_Job], work: Callable[[list[Any]], Sequence[Any]]
+                   ) -> list[tuple[asyncio.Future[Any], Any]]:
         try:
             results: Sequence[Any] = work([item for item, _ in jobs])
         except BaseException as exc:  # the whole group failed (database down): every flow hears it
@@ -235,7 +270,8 @@ class InProcessVault:
     def close(self) -> None:
         self._jobs.put(None)
         self._writer.join(timeout=5)
-        self._readers.shutdown(wait=True, cancel_futures=True)
+        self._reads.put(None)
+        self._reader.join(timeout=5)
         self.vault.close()
 
 

@@ -245,17 +245,8 @@ class Vault(RecordsOps, ConsentOps, RequestsOps, AuditOps, PortalOps, VaultBase)
         is committed, at one transaction per group instead of a read and a write per flow. The group's rows for
         the same person, route, outcome, mode and purpose are one row whose detail counts the values and flows.
         A flow with a malformed purpose fails alone."""
-        results: list[tuple[list[str | None], list[str | None]] | VaultError] = []
-        todo: list[int] = []
-        for i, flow in enumerate(flows):
-            try:
-                if flow.purpose is not None:
-                    consents.check_brief(flow.purpose)
-                results.append(([], []))
-                if flow.tokens:
-                    todo.append(i)
-            except VaultError as exc:
-                results.append(exc)
+        results: list[tuple[list[str | None], list[str | None]] | VaultError]
+        results, todo = _reveals_to_do(flows, lambda: ([], []))
         if not todo:
             return results
 
@@ -274,6 +265,28 @@ class Vault(RecordsOps, ConsentOps, RequestsOps, AuditOps, PortalOps, VaultBase)
             return out
 
         return self._run_write(work)
+
+    def read_flows(self, flows: Sequence[FlowReveal], *, by: str) -> list[
+        tuple[list[str | None], list[str | None], list[audit.Event]] | VaultError
+    ]:
+        """As reveal_flows, but in one read and no write: each flow's values and reasons, and the audit rows of its
+        reveals for the caller to record (the sidecar's buffered audit). A flow with a malformed purpose fails
+        alone."""
+        results: list[tuple[list[str | None], list[str | None], list[audit.Event]] | VaultError]
+        results, todo = _reveals_to_do(flows, lambda: ([], [], []))
+        if not todo:
+            return results
+        now = self.now()
+        out = list(results)
+        with self._read() as conn:
+            for i in todo:
+                flow = flows[i]
+                seen: list[tuple[str | None, str, str, bool]] = []
+                modes: list[str] = []
+                values, reasons = tokens.detokenize(conn, self.keys, flow.tokens, flow.reveal, now, flow.purpose,
+                                                    None, seen, modes)
+                out[i] = (values, reasons, reveal_events(seen, by, modes, flow.purpose, flow.route))
+        return out
 
     def record_audit(self, rows: Sequence[audit.Event]) -> None:
         self._run_write(lambda conn: self._audit(conn, rows))
@@ -416,6 +429,25 @@ def tokenize_events(flows: Sequence[FlowTokenize], spans: Sequence[tuple[int, st
         rows.append(audit.Event(by, "tokenize", person, key_id, "ok", items[0].route,
                                 {"kinds": sorted({r.kind for r in items}), "count": len(items)}))
     return rows
+
+
+def _reveals_to_do[R](flows: Sequence[FlowReveal], empty: Callable[[], R]) -> tuple[list[R | VaultError], list[int]]:
+    """Each flow's answer so far (a new `empty()`, or the error of a malformed purpose), and the flows with tokens."""
+    results: list[R | VaultError] = []
+    todo: list[int] = []
+    for i, flow in enumerate(flows):
+        try:
+            if flow.purpose is not None:
+                consents.check_brief(flow.purpose)
+        except VaultError as exc:
+            results.append(exc)
+            continue
+        results.append(empty())
+        if flow.tokens:
+            todo.append(i)
+    return results, todo
+
+
 def reveal_events(seen: Sequence[tuple[str | None, str, str, bool]], by: str, reveal: str | Sequence[str],
                   purpose: str | None, route: str | None) -> list[audit.Event]:
     """One audit row per person, outcome and mode for a batch of reveals: which kinds, how many, under what purpose.

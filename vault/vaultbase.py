@@ -64,7 +64,7 @@ class VaultBase:
         self._grants: dict[bytes, tuple[apitokens.Grant | None, float]] = {}
         self._local = threading.local()
         self._pins: set[Connection] = set()
-        self._no_wait: set[Connection] = set()  # pinned write connections with busy_timeout 0 (pin_thread)
+        self._no_wait: set[Connection] = set()  # kept connections with busy_timeout 0 (pin_thread)
         self._pins_lock = threading.Lock()
 
     def now(self) -> int:
@@ -97,9 +97,10 @@ class VaultBase:
         A connection idle for PIN_IDLE_SECONDS goes back to the pool and the next transaction takes a fresh one (the
         pool's pre-ping then checks it, as it checks every other); an invalidated one is replaced the same way.
 
-        `no_wait` (SQLite): this thread's write transactions never wait for the write lock; when another writer
-        holds it, BEGIN fails at once (Unavailable). For a thread that must not block (the sidecar's event loop,
-        which then hands the work to its writer thread). Such connections are discarded, never pooled again."""
+        `no_wait` (SQLite): this thread's transactions never wait for a lock; when another writer holds the write
+        lock, BEGIN fails at once (Unavailable), and so does a read in the rare moments WAL makes readers wait. For a
+        thread that must not block (the sidecar's event loop, which then hands the work to its writer or reader
+        thread). Such connections are discarded, never pooled again."""
         self._local.pin = _Pin(no_wait and self.engine.dialect.name == "sqlite")
 
     def unpin_thread(self) -> None:
@@ -126,7 +127,7 @@ class VaultBase:
             conn = (self._writer if write else self._reader).connect()
             with self._pins_lock:
                 self._pins.add(conn)
-            if write and pin.no_wait:
+            if pin.no_wait:
                 self._no_wait.add(conn)
                 conn.connection.driver_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
         if write:

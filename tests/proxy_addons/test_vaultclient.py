@@ -470,3 +470,55 @@ def test_a_reveal_alone_is_read_and_audited_on_the_loop(vault: Vault, backend: s
         assert vault.verify_audit().intact
     finally:
         client.close()
+
+
+def _shown(vault: Vault, value: str) -> FlowTokens:
+    [made] = vault.tokenize_flows([FlowTokenize(("email", value), [TokenRequest(value, kind="email")])])
+    assert isinstance(made, FlowTokens)
+    return made
+
+
+def test_buffered_reveals_alone_are_read_on_the_loop(vault: Vault, in_process: InProcessVault, backend: str) -> None:
+    made = _shown(vault, "buffered@example.com")
+    calls = ThreadsOf(vault.read_flows)
+    vault.read_flows = calls  # type: ignore[method-assign]
+    in_process.alone = lambda: True
+    values, _reasons = asyncio.run(in_process.detokenize(made.tokens, "masked", None, "r2"))
+    assert values == [vault.detokenize(made.tokens, "masked")[0]] and values != ["buffered@example.com"]
+    # PostgreSQL: never on the loop, as for writes.
+    assert calls.threads == (["MainThread"] if backend == "sqlite" else ["tokenbunker-reader"])
+    in_process.alone = lambda: False
+    asyncio.run(in_process.detokenize(made.tokens, "plain", None, "r2"))
+    assert calls.threads[-1] == "tokenbunker-reader"
+    in_process.flush_audit()  # buffered: the reveals are in the trail once the buffer is written
+    _total, rows = vault.audit_trail(made.person, 0, 10)
+    reveals = [r for r in rows if r["action"] == "reveal"]
+    assert reveals and {r["route"] for r in reveals} == {"r2"}
+    counts = [vault.audit_event(r["atoken"])["detail"]["count"] for r in reveals]
+    assert sum(counts) == 2
+    assert vault.verify_audit().intact
+
+
+def test_buffered_reveals_waiting_together_are_read_in_one_go(vault: Vault, in_process: InProcessVault) -> None:
+    made = [_shown(vault, f"crowd{i}@example.com") for i in range(20)]
+    gate = threading.Event()
+    batches: list[int] = []
+    real = vault.read_flows
+
+    def counting(flows: Sequence[Any], **kwargs: Any) -> Any:
+        if not batches:
+            assert gate.wait(10)
+        batches.append(len(flows))
+        return real(flows, **kwargs)
+
+    vault.read_flows = counting  # type: ignore[method-assign]
+
+    async def main() -> list[Any]:
+        calls = [in_process.detokenize(m.tokens, "plain", None, "r3") for m in made]
+        calls.append(in_process.detokenize(made[0].tokens, "plain", "not a purpose!", "r3"))
+        return await asyncio.gather(*calls, _release_after_queueing(gate), return_exceptions=True)
+
+    results = asyncio.run(main())[:21]
+    assert [r[0] for r in results[:20]] == [[f"crowd{i}@example.com"] for i in range(20)]
+    assert isinstance(results[20], BadInput)  # a malformed purpose fails that flow alone
+    assert sum(batches) == 21 and len(batches) <= 2, batches
