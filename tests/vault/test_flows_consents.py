@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from tests.conftest import Clock
 from vault.api import create_app
-from vault.core import FlowTokenize, FlowTokens, Vault
+from vault.core import FlowReveal, FlowTokenize, FlowTokens, Vault
 from vault.errors import BadInput, NotFound
 from vault.tokens import TokenRequest
 
@@ -61,6 +61,37 @@ def test_consent_gates_reveal_and_says_why(vault: Vault, clock: Clock) -> None:
     with pytest.raises(BadInput):
         vault.detokenize([owned], purpose="Not A Brief")
     vault.forget_person("token", pid)  # consents go with the person
+
+
+def test_read_flows_answers_as_reveal_flows_and_writes_nothing(vault: Vault) -> None:
+    pid = vault.create_person({"phone": "07700 900444"})
+    [phone, mail] = vault.tokenize([TokenRequest("+447700900444", kind="phone", subject=pid),
+                                    TokenRequest("a@example.com", kind="email", subject=pid)])
+    vault.give_consent("sms", "token", pid)
+    flows = [FlowReveal([phone, mail], ["masked", "plain"], None, "r1"),
+             FlowReveal([phone], "plain", "sms", "r2"),
+             FlowReveal([phone], "plain", "marketing", "r3"),  # no such consent: refused, and audited as such
+             FlowReveal([phone], "plain", "Not A Brief", "r4"),  # malformed: that flow fails alone
+             FlowReveal([], "plain", None, "r5")]
+    before = vault.audit_trail(pid, 0, 100)[0]
+    read = vault.read_flows(flows, by="sidecar")
+    assert vault.audit_trail(pid, 0, 100)[0] == before  # the caller records the rows
+    assert isinstance(read[3], BadInput)
+    assert read[4] == ([], [], [])
+    answers = [r if isinstance(r, BadInput) else r[:2] for r in read]
+    assert answers[0] == (vault.detokenize([phone], "masked") + ["a@example.com"], [None, None])
+    assert answers[1] == (["+447700900444"], [None])
+    assert answers[2] == ([None], ["consent"])
+    revealed = vault.reveal_flows(flows, by="sidecar")  # the same answers, recorded in its own transaction
+    assert answers[:3] == revealed[:3] and isinstance(revealed[3], BadInput) and revealed[4] == ([], [])
+    rows = [row for r in read[:3] if not isinstance(r, BadInput) for row in r[2]]
+    assert sorted((e.route, e.status, e.person_id, e.detail["reveal"] if e.detail else None) for e in rows) == [
+        ("r1", "ok", pid, "masked"), ("r1", "ok", pid, "plain"), ("r2", "ok", pid, "plain"),
+        ("r3", "refused", pid, "plain")]
+    after_reveal = vault.audit_trail(pid, 0, 100)[0]
+    vault.record_audit(rows)
+    assert vault.audit_trail(pid, 0, 100)[0] == after_reveal + 4
+    assert vault.verify_audit().intact
 
 
 @pytest.fixture
