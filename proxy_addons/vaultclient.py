@@ -1,7 +1,7 @@
 """How the sidecar reaches the vault without blocking mitmproxy's event loop.
 
 In-process: one writer thread does group commit (every flow waiting when it wakes goes into one transaction), and
-reads go to a small thread pool. Over HTTP: a `tokenbunker serve` called from a thread pool with keep-alive
+one reader thread groups the buffered reveals' reads the same way. Over HTTP: a `tokenbunker serve` called from a thread pool with keep-alive
 connections. Both answer the same two coroutines.
 """
 
