@@ -1,8 +1,8 @@
 """How the sidecar reaches the vault without blocking mitmproxy's event loop.
 
 In-process: one writer thread does group commit (every flow waiting when it wakes goes into one transaction), and
-one reader thread groups the buffered reveals' reads the same way. Over HTTP: a `tokenbunker serve` called from a thread pool with keep-alive
-connections. Both answer the same two coroutines.
+one reader thread groups the buffered reveals' reads the same way. Over HTTP: a `tokenbunker serve` called from a
+thread pool with keep-alive connections. Both answer the same two coroutines.
 """
 
 from __future__ import annotations
@@ -169,17 +169,7 @@ class InProcessVault:
         try:
             while (job := self._reads.get()) is not None:
                 self._reading = True
-                batch = [job]
-                while len(batch) < GROUP_MAX:
-                    try:
-                        more = self._reads.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        self._reads.put(None)  # answer this batch, then stop
-                        break
-                    batch.append(more)
-                _answer(self._run_group(batch, self._read_flows))
+                _answer(self._run_group(_take_group(job, self._reads), self._read_flows))
                 self._reading = False
         finally:
             self.vault.unpin_thread()
@@ -201,16 +191,7 @@ class InProcessVault:
                 self._flush()
                 return
             self._working = True
-            batch = [job]
-            while len(batch) < GROUP_MAX:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._jobs.put(None)  # finish this batch, then stop
-                    break
-                batch.append(more)
+            batch = _take_group(job, self._jobs)
             flows = [(work, future) for work, future in batch if isinstance(work, FlowTokenize)]
             reveals = [(work, future) for work, future in batch if isinstance(work, FlowReveal)]
             answers: list[tuple[asyncio.Future[Any], Any]] = []
@@ -278,6 +259,22 @@ class InProcessVault:
 _Job = tuple[FlowTokenize | FlowReveal, "asyncio.Future[Any]"]
 _FLUSH: Any = ("flush", None)  # a job that asks the writer to write the pending audit rows now (None: no one waits)
 _HAND_OVER: Any = object()  # _inline: not done here, to the writer thread
+
+
+def _take_group(first: Any, jobs: queue.SimpleQueue[Any]) -> list[Any]:
+    """`first` and every job waiting behind it, up to GROUP_MAX; a stop (None) met on the way is put back, to be
+    taken once this group is answered."""
+    group = [first]
+    while len(group) < GROUP_MAX:
+        try:
+            more = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if more is None:
+            jobs.put(None)
+            break
+        group.append(more)
+    return group
 
 
 def _answer(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
