@@ -258,7 +258,7 @@ class InProcessVault:
 
 _Job = tuple[FlowTokenize | FlowReveal, "asyncio.Future[Any]"]
 _FLUSH: Any = ("flush", None)  # a job that asks the writer to write the pending audit rows now (None: no one waits)
-_HAND_OVER: Any = object()  # _inline: not done here, to the writer thread
+_HAND_OVER: Any = object()  # _inline: not done here, to the writer (or reader) thread
 
 
 def _take_group(first: Any, jobs: queue.SimpleQueue[Any]) -> list[Any]:
