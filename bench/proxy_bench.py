@@ -579,7 +579,8 @@ def report(results: list[Result]) -> None:
         print(f"{r.case.label:<25}|{r.conc:>5} |{r.rps:>8,.0f} |{r.ms(0.5):>7.2f} |{r.ms(0.99):>7.2f} |{rb:>13} |"
               f"{rf:>13} | {'-' if per is None else f'{per:.2f}':>16} | {_pct(r.cpu('proxy')):>9} | {rounds}")
     bad = [r for r in results if r.problems]
-    print("\nchecks: " + ("every answer 200, PII never upstream in (c)/(d), every answer of (e) revealed: ok" if not bad
+    print("\nchecks: " + ("every answer 200, PII never upstream in (c)/(d)/(g-r)/(g-c), every answer of (e)/(g-e) "
+                          "revealed: ok" if not bad
                           else "; ".join(f"{r.case.label} conc {r.conc}: {r.check}" for r in bad)))
     direct = [r for r in results if r.case.key == "a"]
     if direct:
