@@ -7,6 +7,9 @@ Nothing here logs or raises with a value in it.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import codecs
 import functools
 import json
 import re
@@ -16,7 +19,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from proxy_addons import multipart
+from proxy_addons import bodylimit, multipart
 from proxy_addons.vaultclient import VaultClient
 from rules.model import (
     AnyTokensSelector,
@@ -36,15 +39,26 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 MULTIPART_TYPE = "multipart/form-data"
 BINARY_TYPE = re.compile(r"^(image|audio|video|font)/|^application/(octet-stream|pdf|zip|gzip|x-protobuf|grpc)")
 TEXT_SELECTORS = (TextSelector, DetectSelector, AnyTokensSelector)
+# Values sent to the vault in one call: a larger message is split, so that other flows' transactions go in between.
+CHUNK = 500
+# Bodies larger than this are decoded, parsed, scanned and written back in a worker thread, off mitmproxy's loop.
+OFFLOAD_BYTES = 64 * 1024
 
 
 class ProtectionError(Exception):
-    """The message cannot be protected (unparseable body, vault error, unknown token): the route's on_error."""
+    """The message cannot be protected (unparseable body, vault error, unknown token): the route's on_error.
 
-    def __init__(self, message: str, status: int = 502) -> None:
+    `message` goes to the client, so it holds no value and no server path; `where` (the rule's FILE:LINE) goes to
+    the log only. `final`: the request is built to be read two ways (duplicate keys, ambiguous multipart or
+    encodings), or is too large, or does not name its subject: refused even where on_error says pass, since a
+    client must not be able to choose to be passed unprotected."""
+
+    def __init__(self, message: str, status: int = 502, where: str = "", final: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.where = where
+        self.final = final
 
 
 class Blocked(Exception):
@@ -95,23 +109,26 @@ class _Work:
             req = TokenRequest(value, kind=rule.kind_for(kind), format=rule.format,
                                deterministic=rule.deterministic, ttl=rule.ttl, route=self.route)
         except Exception as exc:  # BadInput: its message holds no value
-            raise ProtectionError(f"{rule.where}: {getattr(exc, 'message', 'invalid value')}") from None
+            raise ProtectionError(getattr(exc, "message", "invalid value"), where=rule.where) from None
         self.tokenize.append(req)
         self.tokenize_sinks.append(sink)
 
     async def run(self, vault: VaultClient, subject: tuple[str, str] | None) -> str | None:
         person = None
-        if self.tokenize:
-            made = await vault.tokenize(subject, self.tokenize)
-            person = made.person
-            for sink, token in zip(self.tokenize_sinks, made.tokens, strict=True):
+        for start in range(0, len(self.tokenize), CHUNK):
+            # One vault call per CHUNK values: each is a transaction of its own, and other flows' go in between.
+            made = await vault.tokenize(subject, self.tokenize[start : start + CHUNK])
+            person = person or made.person
+            for sink, token in zip(self.tokenize_sinks[start : start + CHUNK], made.tokens, strict=True):
                 sink(token)
             self.produced.update(made.tokens)
             self.counts.tokenized += len(made.tokens)
         groups: dict[str | None, list[_Reveal]] = {}  # by the consent needed; plain and masked go together
         for reveal in self.reveals:
             groups.setdefault(reveal.rule.require_consent, []).append(reveal)
-        for purpose, items in groups.items():
+        batches = [(purpose, items[i : i + CHUNK]) for purpose, items in groups.items()
+                   for i in range(0, len(items), CHUNK)]
+        for purpose, items in batches:
             modes = [r.rule.reveal for r in items]
             values, reasons = await vault.detokenize([r.token for r in items],
                                                      modes[0] if len(set(modes)) == 1 else modes, purpose, self.route)
@@ -126,15 +143,16 @@ class _Work:
                     else:
                         raise Blocked(f"route '{self.route}': consent '{purpose}' is not given")
                 elif reason == "scope" and item.strict:
-                    raise ProtectionError(f"{item.rule.where}: the sidecar's vault token may not reveal this kind")
+                    raise ProtectionError("the sidecar's vault token may not reveal this kind",
+                                          where=item.rule.where)
                 elif item.strict:
-                    raise ProtectionError(f"{item.rule.where}: the field holds no known token")
+                    raise ProtectionError("a field the rules reveal holds no known token", where=item.rule.where)
         return person
 
 
 def read_subject(request: http.Request, subject: Subject | None, doc: Any = None) -> tuple[str, str] | None:
     """The value that identifies the person, read before anything in the request is rewritten. `doc`: the body
-    already parsed (parse_json), so that the rewriter that follows need not parse it again."""
+    as MessageRewriter.prepare parsed it (_NO_JSON when it is not JSON)."""
     if subject is None:
         return None
     selector = subject.selector
@@ -164,25 +182,35 @@ class _NoJson:
 _NO_JSON: Any = _NoJson()
 
 
-def parse_json(message: http.Message) -> Any:
-    """The body as read_subject and MessageRewriter(doc=...) take it: a JSON document, or a marker for none (an
-    error when it claims JSON and is not)."""
-    return _json_doc(message)
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _DuplicateKey
+    return found
+
+
+def load_json(raw: bytes, unique: bool = False) -> Any:
+    """JSON as Python's json, Flask's get_json and Starlette read it: UTF-8, -16 or -32, with or without a BOM.
+    `unique`: an object with a key twice is an error, since parsers disagree on which one counts."""
+    return json.loads(raw, object_pairs_hook=_unique_keys if unique else None)
 
 
 def _json_doc(message: http.Message) -> Any:
-    """The body as JSON when it says or looks like JSON; _NO_JSON when it is neither; an error when it claims JSON
-    and is not."""
+    """A response body as JSON when it says or looks like JSON; _NO_JSON when it is neither; an error when it
+    claims JSON and is not."""
     raw = _content(message)
     if not raw or not raw.strip():
         return _NO_JSON
-    mimetype = _mimetype(message)
-    claims = bool(JSON_TYPE.match(mimetype))
-    if not claims and raw.lstrip()[:1] not in (b"{", b"["):
+    claims = bool(JSON_TYPE.match(_mimetype(message)))
+    if not claims and raw.lstrip()[:1] not in (b"{", b"[", codecs.BOM_UTF8[:1]):
         return _NO_JSON
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return load_json(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         if claims:
             raise ProtectionError("the body is not valid JSON although its Content-Type says so") from None
         return _NO_JSON
@@ -225,10 +253,26 @@ def _plain_find(keys: tuple[str, ...], doc: Any) -> list[tuple[Any, dict[str, An
 
 
 def _content(message: http.Message) -> bytes | None:
+    """The body, decoded. MessageRewriter.prepare has already replaced a compressed body by its bounded decoding
+    (bodylimit.decode), so mitmproxy's own unbounded decoder never runs on one."""
+    if message.raw_content is not None and message.headers.get("content-encoding", "").strip().lower() not in (
+            "", "identity"):
+        raise ProtectionError("the body's Content-Encoding was not decoded", status=415, final=True)
+    return message.raw_content
+
+
+_MITMPROXY_ENCODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}
+
+
+def _boundary(message: http.Message) -> bytes:
     try:
-        return message.get_content(strict=True)
-    except ValueError:
-        raise ProtectionError("the body's Content-Encoding cannot be decoded") from None
+        boundary = multipart.boundary_of(message.headers.get("content-type", ""))
+    except ValueError as exc:
+        raise ProtectionError(f"the multipart body is refused: {getattr(exc, 'message', 'bad boundary')}",
+                              status=400, final=True) from None
+    if boundary is None:
+        raise ProtectionError("the multipart body has no boundary", status=400, final=True)
+    return boundary
 
 
 def _mimetype(message: http.Message) -> str:
@@ -286,50 +330,166 @@ def _set_field_values(message: http.Message, selector: FieldSelector, values: li
 
 
 class MessageRewriter:
-    """Rewrites one message (a request, or a response) by one route's rules for that direction."""
+    """Rewrites one message (a request, or a response) by one route's rules for that direction.
+
+    `prepare()` decodes the body (bounded) and reads it the way the app will: a request body that the route's
+    rules cannot read one way only is refused there. `subject()` then reads the person, and `apply()` asks the
+    vault and writes the answers back. Work on a large body runs in a worker thread, off mitmproxy's loop."""
 
     def __init__(self, message: http.Message, request: http.Request, route: Route, rules: Sequence[Rule],
-                 max_body: int | None = None, doc: Any = None) -> None:
-        self.doc = doc  # the message's body from parse_json, when the caller parsed it already
+                 max_body: int | None = None, *, max_values: int = 0, is_request: bool = False) -> None:
         self.message = message
         self.request = request
         self.route = route
         self.rules = rules
-        self.max_body = max_body
+        self.max_body = max_body  # None: these rules do not read the body, which is left as it came
+        self.max_values = max_values
+        self.is_request = is_request
         self.counts = Counts()
         self.produced: set[str] = set()
+        self.doc: Any = _NO_JSON
+        self.selected = 0  # values handed to the vault or replaced, against max_values
+        self.ownerless = False  # tokenized without a subject, where the route says the subject is optional
+        self.unreadable = False  # a body the rules cannot read, passed as on_unreadable_body says
+        self.heavy = False
+        self._encoding = ""  # the Content-Encoding taken off while the body is worked on
+        self._raw: bytes | None = None
+        self._decoded: bytes | None = None
+
+    async def _cpu(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.to_thread(fn) if self.heavy else fn()
+
+    # -- reading the body ----------------------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        raw = self.message.raw_content
+        if self.max_body is None or not raw:
+            return
+        if len(raw) > self.max_body:
+            raise ProtectionError(f"the body is larger than the limit of {self.max_body} bytes", status=413,
+                                  final=self.is_request)
+        encoding = self.message.headers.get("content-encoding", "")
+        self.heavy = len(raw) > OFFLOAD_BYTES or bool(bodylimit.encodings_of(encoding))
+        await self._cpu(self._read_body)
+
+    def _read_body(self) -> None:
+        raw = self.message.raw_content
+        assert raw is not None and self.max_body is not None
+        encoding = self.message.headers.get("content-encoding", "")
+        if bodylimit.encodings_of(encoding):
+            try:
+                decoded = bodylimit.decode(raw, encoding, self.max_body)
+            except bodylimit.BodyError as exc:
+                raise ProtectionError(exc.message, status=exc.status, final=self.is_request) from None
+            # From here on the message is plain: nothing (mitmproxy's own decoder included) inflates it again.
+            self._encoding, self._raw, self._decoded = encoding, raw, decoded
+            del self.message.headers["content-encoding"]
+            self.message.content = decoded
+        self.heavy = len(self.message.raw_content or b"") > OFFLOAD_BYTES
+        if self.is_request:
+            self._read_request_body()
+        elif any(isinstance(r.selector, JsonSelector) for r in self.rules) or (
+                any(isinstance(r.selector, TEXT_SELECTORS) for r in self.rules)
+                and JSON_TYPE.match(_mimetype(self.message))):
+            self.doc = _json_doc(self.message)
+
+    def _read_request_body(self) -> None:
+        """Read as the app will, whatever the Content-Type claims: on a route whose rules read JSON, any body a
+        JSON parser accepts is JSON. A body the route's json or form rules cannot read is refused (415), unless
+        the route says `on_unreadable_body: pass`."""
+        body = self.message.raw_content or b""
+        if not body.strip():
+            return
+        selectors = [r.selector for r in self.rules] + ([self.route.subject.selector] if self.route.subject else [])
+        json_rules = any(isinstance(s, JsonSelector) for s in selectors)
+        form_rules = any(isinstance(s, FieldSelector) and s.place == "form" for s in selectors)
+        text_rules = any(isinstance(s, TEXT_SELECTORS) for s in selectors)
+        mimetype = _mimetype(self.message)
+        formish = mimetype in (FORM_TYPE, MULTIPART_TYPE)
+        if json_rules or (text_rules and not formish):
+            try:
+                self.doc = load_json(body, unique=True)
+            except _DuplicateKey:
+                raise ProtectionError("the JSON body has a key twice, and parsers disagree on which one counts",
+                                      status=400, final=True) from None
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                self.doc = _NO_JSON
+        if mimetype == MULTIPART_TYPE and (form_rules or text_rules):
+            boundary = _boundary(self.message)
+            try:
+                multipart.parts(body, boundary)  # refuses framing that parsers would read differently
+            except ValueError as exc:
+                raise ProtectionError(f"the multipart body is refused: {getattr(exc, 'message', 'malformed')}",
+                                      status=400, final=True) from None
+        readable = (json_rules and self.doc is not _NO_JSON) or (form_rules and formish)
+        if (json_rules or form_rules) and not readable:
+            if self.route.on_unreadable_body == "pass":
+                self.unreadable = True
+                return
+            # Not final: a route that says on_error: pass has chosen to pass what it cannot protect.
+            if json_rules and JSON_TYPE.match(mimetype):
+                raise ProtectionError("the body is not valid JSON", status=400)
+            wanted = " or ".join(w for w, on in (("JSON", json_rules), ("a form", form_rules)) if on)
+            raise ProtectionError(f"this route's rules read {wanted} bodies, and this body is not one", status=415)
+
+    def subject(self) -> tuple[str, str] | None:
+        return read_subject(self.request, self.route.subject, self.doc) if self.route.subject else None
+
+    # -- applying the rules ----------------------------------------------------------------------------------------
 
     async def apply(self, vault: VaultClient, subject: tuple[str, str] | None) -> str | None:
+        if self.unreadable:
+            return None
         structured = [r for r in self.rules if not isinstance(r.selector, TEXT_SELECTORS)]
         textual = [r for r in self.rules if isinstance(r.selector, TEXT_SELECTORS)]
-        if self.max_body is not None and self.message.raw_content:
-            # Checked again once decoded: a small gzip body can inflate far past the limit.
-            decoded = _content(self.message)
-            if decoded is not None and len(decoded) > self.max_body:
-                raise ProtectionError(f"the body is larger than the limit of {self.max_body} bytes once decoded",
-                                      status=413)
         person = None
-        doc = _NO_JSON
-        if any(isinstance(r.selector, JsonSelector) for r in self.rules) or (
-            textual and JSON_TYPE.match(_mimetype(self.message))
-        ):
-            doc = _json_doc(self.message) if self.doc is None else self.doc
-        holder = [doc]
+        holder = [self.doc]
         if structured:
             work = _Work(self.route.name, self.counts, self.produced)
-            finishers = [self._structured(rule, work, holder) for rule in structured]
+            finishers = await self._cpu(lambda: [self._structured(rule, work, holder) for rule in structured])
+            self._check_owner(work, subject)
             person = await work.run(vault, subject)
-            for finish in finishers:
-                finish()
+            await self._cpu(lambda: [finish() for finish in finishers])
         if textual:
             work = _Work(self.route.name, self.counts, self.produced)
-            finish_text = self._textual(textual, work, holder)
+            finish_text = await self._cpu(lambda: self._textual(textual, work, holder))
+            self._check_owner(work, subject)
             person = await work.run(vault, subject) or person
-            finish_text()
-        if holder[0] is not _NO_JSON and (self.counts.tokenized or self.counts.revealed or self.counts.redacted
-                                          or self.counts.dropped):
-            self.message.content = json.dumps(holder[0], ensure_ascii=False, separators=(",", ":")).encode()
+            await self._cpu(finish_text)
+        await self._cpu(lambda: self._write_back(holder[0]))
         return person
+
+    def _check_owner(self, work: _Work, subject: tuple[str, str] | None) -> None:
+        """Tokens made without their person can never be forgotten with them: a route with a subject refuses a
+        request that does not name it, unless its subject is `optional: true`."""
+        if not (self.is_request and work.tokenize and self.route.subject is not None and subject is None):
+            return
+        if not self.route.subject.optional:
+            raise ProtectionError("the request does not name the person it is about (the route's subject field "
+                                  "is missing or empty)", status=400, final=True)
+        self.ownerless = True
+
+    def _write_back(self, doc: Any) -> None:
+        if doc is not _NO_JSON and (self.counts.tokenized or self.counts.revealed or self.counts.redacted
+                                    or self.counts.dropped):
+            text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+            try:
+                self.message.content = text.encode()
+            except UnicodeEncodeError:  # a lone surrogate, which JSON allows as an escape: write it as one
+                self.message.content = json.dumps(doc, separators=(",", ":")).encode()
+            content_type = self.message.headers.get("content-type", "")
+            if "charset" in content_type.lower():
+                self.message.headers["content-type"] = re.sub(r"(?i)charset=[^;]*", "charset=utf-8", content_type)
+        if not self._encoding:
+            return
+        if self.message.raw_content == self._decoded:
+            # Unchanged: the bytes that came go on, as they came (the decoder read all of them).
+            self.message.raw_content = self._raw
+            self.message.headers["content-encoding"] = self._encoding
+            if "transfer-encoding" not in self.message.headers:
+                self.message.headers["content-length"] = str(len(self._raw or b""))
+        else:
+            self.message.encode(_MITMPROXY_ENCODINGS.get(self._encoding.strip().lower(), "gzip"))
 
     # -- structured selectors ----------------------------------------------------------------------------------
 
@@ -370,7 +530,8 @@ class MessageRewriter:
             if value is None or isinstance(value, bool):
                 continue
             if isinstance(value, dict | list):
-                raise ProtectionError(f"{rule.where}: the JSONPath matched an object or array; select its fields")
+                raise ProtectionError("a JSONPath of the rules matched an object or array, not a value",
+                                      where=rule.where)
             was_number = isinstance(value, int | float)
 
             def sink(new: str, write: Callable[[Any], None] = write, was_number: bool = was_number) -> None:
@@ -381,6 +542,10 @@ class MessageRewriter:
 
     def _act(self, rule: Rule, value: str, work: _Work, sink: Sink | Callable[[str | None], None],
              strict: bool, kind: str | None = None) -> None:
+        self.selected += 1
+        if self.max_values and self.selected > self.max_values:
+            raise ProtectionError(f"the message holds more than {self.max_values} values for the rules",
+                                  status=413, final=self.is_request)
         if rule.action == "tokenize":
             work.add_tokenize(value, rule, sink, kind)  # type: ignore[arg-type]
         elif rule.action == "detokenize":
@@ -410,16 +575,38 @@ class MessageRewriter:
             # The form is encoded again once, after its fields are rewritten, and only if one of them was.
             targets.append(_Text("", lambda _new: None, after=lambda: any(t.replacements for t in field_targets)
                                  and setattr(request, "urlencoded_form", fields)))
-        elif not BINARY_TYPE.match(_mimetype(self.message)) and self.message.raw_content:
-            _content(self.message)
-            try:
-                text = self.message.get_text(strict=True) or ""
-            except ValueError:
-                raise ProtectionError("the body's charset cannot be decoded") from None
-            targets.append(_Text(text, lambda new: setattr(self.message, "text", new)))
+        elif self.message.raw_content and (self.is_request or not BINARY_TYPE.match(_mimetype(self.message))):
+            # A request body is scanned whatever its Content-Type says: the app may read any of them as text.
+            text, codec = self._body_text()
+            if text is not None:
+                message = self.message
+                targets.append(_Text(text, lambda new: setattr(message, "content", new.encode(codec))))
         for target in targets:
             target.plan(rules, self, work)
         return lambda: [t.finish() for t in targets]  # type: ignore[func-returns-value]
+
+
+    def _body_text(self) -> tuple[str | None, str]:
+        """The body as text, in its declared charset or else UTF-8 (a BOM says which UTF); (None, "") when it is
+        not text, which a request refuses unless the route says `on_unreadable_body: pass`."""
+        raw = _content(self.message) or b""
+        match = re.search(r"(?i)charset=\"?([\w.:-]+)", self.message.headers.get("content-type", ""))
+        codec = match.group(1) if match else "utf-8"
+        if codec.lower().replace("_", "-") in ("utf-8", "utf8") and raw.startswith(codecs.BOM_UTF8):
+            codec = "utf-8-sig"
+        elif not match and raw[:4] in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE):
+            codec = "utf-32"
+        elif not match and raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            codec = "utf-16"
+        try:
+            return raw.decode(codec), codec
+        except (LookupError, UnicodeDecodeError):
+            if not self.is_request or self.route.on_unreadable_body == "pass":
+                if self.is_request:
+                    self.unreadable = True
+                return None, ""
+            raise ProtectionError("the body is not text in its charset, and this route's rules read text",
+                                  status=415) from None
 
 
 class _Text:
@@ -432,16 +619,27 @@ class _Text:
         self.after = after
         self.spans: list[tuple[int, int]] = []
         self.replacements: dict[int, str] = {}
+        # The spans taken so far, sorted: they never overlap, so their ends are sorted too, and an overlap with a
+        # new span is found by one bisection (a scan of every earlier span made this quadratic).
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def _overlaps(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self._starts, start)
+        return (i > 0 and self._ends[i - 1] > start) or (i < len(self._starts) and self._starts[i] < end)
 
     def plan(self, rules: Sequence[Rule], rewriter: MessageRewriter, work: _Work) -> None:
         if not self.text:
             return
         for rule in rules:
             for start, end, kind in _spans(rule, self.text):
-                if any(start < e and s < end for s, e in self.spans) or self.text[start:end] in rewriter.produced:
+                if self._overlaps(start, end) or self.text[start:end] in rewriter.produced:
                     continue
                 index = len(self.spans)
                 self.spans.append((start, end))
+                i = bisect.bisect_right(self._starts, start)
+                self._starts.insert(i, start)
+                self._ends.insert(i, end)
 
                 def sink(new: str | None, index: int = index) -> None:
                     self.replacements[index] = "" if new is None else new

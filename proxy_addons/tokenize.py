@@ -20,12 +20,12 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from proxy_addons import bodylimit, logfilter
+from proxy_addons import logfilter, paths
 from proxy_addons.accesslog import AccessLog
-from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError, parse_json, read_subject
+from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError
 from proxy_addons.vaultclient import HttpVault, InProcessVault, VaultClient
 from rules.compiler import RulesError, load_rules
-from rules.model import BODY_SELECTORS, JsonSelector, Route, Rule, RuleSet
+from rules.model import BODY_SELECTORS, Route, Rule, RuleSet
 from vault.config import Config, ConfigError, load_config
 from vault.errors import Unavailable, VaultError
 
@@ -33,8 +33,17 @@ log = logging.getLogger("tokenbunker.proxy")
 RELOAD_SECONDS = 1.0
 
 
-def _needs_body(rules: Sequence[Rule]) -> bool:
-    return any(isinstance(r.selector, BODY_SELECTORS) or (getattr(r.selector, "place", "") == "form") for r in rules)
+def _needs_body(rules: Sequence[Rule], route: Route | None = None) -> bool:
+    """Whether these rules (and, for a request, the route's subject) read the body."""
+    selectors = [r.selector for r in rules] + ([route.subject.selector] if route and route.subject else [])
+    return any(isinstance(s, BODY_SELECTORS) or getattr(s, "place", "") == "form" for s in selectors)
+
+
+class _PathProblem:
+    """A flow whose path cannot be read one way only: refused at its request, whatever the routes say."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
 
 class Tokenbunker:
@@ -44,10 +53,12 @@ class Tokenbunker:
         self.client: VaultClient | None = None
         self.problem: str | None = "not configured yet"  # while set, every flow is refused: fail closed
         self.max_body = 0
+        self.max_values = 0
         self.counts: Counter[str] = Counter()
         # The person a flow is about, for its response: ("token", uuid) once known. Memory only, never logged.
         self._subjects: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, str]] = weakref.WeakKeyDictionary()
-        self._routes: weakref.WeakKeyDictionary[http.HTTPFlow, Route | None] = weakref.WeakKeyDictionary()
+        self._routes: weakref.WeakKeyDictionary[http.HTTPFlow, Route | _PathProblem | None] = \
+            weakref.WeakKeyDictionary()
         # Flows between their request headers and the end of their response (or error): with one alone, the
         # in-process vault may run its transaction on the loop instead of handing it to its writer thread.
         self._active: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
@@ -90,6 +101,7 @@ class Tokenbunker:
             raise exceptions.OptionsError(prefix + message) from None
         self.config, self.rules = config, rules
         self.max_body = ctx.options.tokenbunker_max_body or config.proxy.max_body_bytes
+        self.max_values = config.proxy.max_values_per_message
         self._remember_mtimes(files)
         self.problem = None
         log.info("tokenbunker: %d route(s) from %s", len(rules.routes), ", ".join(files))
@@ -152,25 +164,43 @@ class Tokenbunker:
 
     # -- flows -----------------------------------------------------------------------------------------------
 
-    def _route(self, flow: http.HTTPFlow) -> Route | None:
-        """The flow's route, chosen once (at its request headers) and kept for its response, even across a reload."""
+    def _route(self, flow: http.HTTPFlow) -> Route | _PathProblem | None:
+        """The flow's route, chosen once (at its request headers) and kept for its response, even across a reload.
+
+        It is matched on the path the app will route on (proxy_addons/paths.py), and that path is what goes
+        upstream: the app never routes on a spelling the rules did not see."""
         if flow in self._routes:
             return self._routes[flow]
         assert self.rules is not None
         request = flow.request
+        raw, sep, query = request.data.path.partition(b"?")
+        try:
+            path = paths.canonical(raw)
+        except paths.PathRefused as exc:
+            self._routes[flow] = found = _PathProblem(exc.message)
+            return found
+        if path != "*" and (encoded := paths.encode(path)).encode() != raw:
+            request.data.path = encoded.encode() + sep + query
         # pretty_host parses the Host header: only worth it when some route matches on hosts.
         host = request.pretty_host if self.rules.uses_hosts else ""
-        route = self.rules.route_for(host, request.path.split("?", 1)[0], request.method)
+        route = self.rules.route_for(host, paths.match_candidates(path), request.method)
         self._routes[flow] = route
         return route
 
+    def _flow_route(self, flow: http.HTTPFlow) -> Route | None:
+        route = self._route(flow)
+        return route if isinstance(route, Route) else None
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self._active.add(flow)
-        if self.problem is None and (route := self._route(flow)) is not None and _needs_body(route.request):
+        if self.problem is not None:
+            return
+        route = self._route(flow)
+        if isinstance(route, _PathProblem) or (route is not None and _needs_body(route.request, route)):
             flow.request.stream = False  # the whole body is needed before anything may go upstream
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if self.problem is None and (route := self._route(flow)) is not None and _needs_body(route.response):
+        if self.problem is None and (route := self._flow_route(flow)) is not None and _needs_body(route.response):
             flow.response.stream = False  # type: ignore[union-attr]
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -180,6 +210,10 @@ class Tokenbunker:
             self._refuse(flow, None, 503, f"tokenbunker is not ready: {self.problem}")
             return
         route = self._route(flow)
+        if isinstance(route, _PathProblem):
+            self.counts["path.refused"] += 1
+            self._refuse(flow, None, 400, f"request refused: {route.message}")
+            return
         if route is None or not (route.request or route.subject):
             return
         await self._protect(flow, route, flow.request, route.request, read=True)
@@ -188,7 +222,7 @@ class Tokenbunker:
         try:
             if flow.response is None or flow.metadata.get("tokenbunker", {}).get("refused"):
                 return
-            route = self._route(flow) if self.problem is None else None
+            route = self._flow_route(flow) if self.problem is None else None
             if route is None or not route.response:
                 return
             await self._protect(flow, route, flow.response, route.response, read=False)
@@ -203,23 +237,20 @@ class Tokenbunker:
         assert self.client is not None
         meta = flow.metadata.setdefault("tokenbunker", {"route": route.name})
         try:
-            reads_body = _needs_body(rules) or (read and route.subject is not None)
-            if message.raw_content is not None and reads_body and (
-                len(message.raw_content) > self.max_body
-                or bodylimit.exceeds(message.raw_content, message.headers.get("content-encoding", ""), self.max_body)
-            ):
-                raise ProtectionError(f"the body is larger than the limit of {self.max_body} bytes", status=413)
-            doc = None
-            if read:
-                if route.subject is not None and isinstance(route.subject.selector, JsonSelector) and (
-                        any(isinstance(r.selector, JsonSelector) for r in rules)):
-                    doc = parse_json(flow.request)  # once, for the subject and the rules
-                subject = read_subject(flow.request, route.subject, doc) if route.subject else None
-            else:
-                subject = self._subjects.get(flow)
+            reads_body = _needs_body(rules, route if read else None)
             rewriter = MessageRewriter(message, flow.request, route, rules, self.max_body if reads_body else None,
-                                       doc)
+                                       max_values=self.max_values, is_request=read)
+            await rewriter.prepare()
+            subject = rewriter.subject() if read else self._subjects.get(flow)
             person = await rewriter.apply(self.client, subject)
+            if rewriter.unreadable:
+                self.counts[f"{route.name}.unreadable_passed"] += 1
+                log.warning("tokenbunker: route '%s': a body its rules cannot read passed on, as "
+                            "on_unreadable_body says", route.name)
+            if rewriter.ownerless:
+                self.counts[f"{route.name}.no_subject"] += 1
+                log.warning("tokenbunker: route '%s': tokenized without a subject (the route says it is optional)",
+                            route.name)
             if read and (person or subject) and route.response:
                 self._subjects[flow] = ("token", person) if person else subject  # type: ignore[assignment]
             meta["request" if read else "response"] = rewriter.counts.as_dict()
@@ -231,8 +262,9 @@ class Tokenbunker:
             self._failed(flow, route, exc, "request" if read else "response")
 
     def _failed(self, flow: http.HTTPFlow, route: Route, exc: BaseException, phase: str) -> None:
+        where = ""
         if isinstance(exc, ProtectionError):
-            reason, status = exc.message, exc.status
+            reason, status, where = exc.message, exc.status, exc.where
         elif isinstance(exc, Unavailable):
             reason, status = "the vault is unavailable", 503
         elif isinstance(exc, VaultError):
@@ -240,18 +272,20 @@ class Tokenbunker:
         else:
             # Not a message we wrote: its text might hold a value, so only its type is told.
             reason, status = f"internal error ({type(exc).__name__})", 502
-        if route.on_error == "pass":
+        if route.on_error == "pass" and not (isinstance(exc, ProtectionError) and exc.final):
             self.counts[f"{route.name}.passed"] += 1
-            log.warning("tokenbunker: route '%s': %s not protected (%s); passed on as on_error says",
-                        route.name, phase, reason)
+            log.warning("tokenbunker: route '%s': %s not protected (%s%s); passed on as on_error says",
+                        route.name, phase, f"{where}: " if where else "", reason)
             return
         self.counts[f"{route.name}.refused"] += 1
-        self._refuse(flow, route, status, f"{phase} not protected: {reason}")
+        self._refuse(flow, route, status, f"{phase} not protected: {reason}", where)
 
-    def _refuse(self, flow: http.HTTPFlow, route: Route | None, status: int, message: str) -> None:
+    def _refuse(self, flow: http.HTTPFlow, route: Route | None, status: int, message: str, where: str = "") -> None:
+        """Answer the flow here. The client is told the route and the reason; the rule's file and line, which are
+        the server's business, go to the log only."""
         name = route.name if route else None
         text = f"route '{name}': {message}" if name and not message.startswith("route ") else message
-        log.warning("tokenbunker: %s", text)
+        log.warning("tokenbunker: %s%s", text, f" (rule at {where})" if where else "")
         flow.metadata.setdefault("tokenbunker", {"route": name})["refused"] = True
         flow.response = http.Response.make(
             status,

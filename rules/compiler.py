@@ -39,8 +39,8 @@ LOG_SELECTORS = ("json", "text", "detect", "field")
 OPTION_KEYS = ("action", "kind", "format", "deterministic", "ttl", "reveal", "require_consent",
                "on_consent_missing", "placeholder")
 TOP_KEYS = ("version", "defaults", "routes", "logs")
-ROUTE_KEYS = ("name", "match", "subject", "request", "response", "on_error")
-MATCH_KEYS = ("hosts", "path", "methods")
+ROUTE_KEYS = ("name", "match", "subject", "request", "response", "on_error", "on_unreadable_body")
+MATCH_KEYS = ("hosts", "path", "methods", "case_sensitive")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -201,14 +201,19 @@ def _route(node: Any, where: str, line: int, default_on_error: str, problems: _P
         if (rule := _rule(item, f"{where}.response[{i}]", node["response"].line_of(i), problems, "response"))
     ]
     on_error = _on_error(node, where, problems) or default_on_error
+    unreadable = node.get("on_unreadable_body", "block")
+    if unreadable not in ("block", "pass"):
+        problems.add(node.line_of("on_unreadable_body"), f"{where}.on_unreadable_body: expected block or pass, "
+                                                         f"got {_show(unreadable)}")
     if len(problems.items) > before or name is None or match is None:
         return None
     return Route(name, match, subject, tuple(request), tuple(response), on_error,  # type: ignore[arg-type]
-                 problems.where(line))
+                 problems.where(line), unreadable)
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile(fnmatch.translate(pattern.lower()))
+    # Hosts are compared in lower case, without the trailing dot of a fully qualified name.
+    return re.compile(fnmatch.translate(pattern.lower().rstrip(".")))
 
 
 def _match(node: Any, where: str, line: int, problems: _Problems) -> Match | None:
@@ -218,6 +223,14 @@ def _match(node: Any, where: str, line: int, problems: _Problems) -> Match | Non
         problems.add(line, f"{where}: expected a mapping with hosts, path, methods")
         return None
     _unknown_keys(node, MATCH_KEYS, f"{where}.", problems)
+    case_sensitive = node.get("case_sensitive", False)
+    if not isinstance(case_sensitive, bool):
+        problems.add(node.line_of("case_sensitive"), f"{where}.case_sensitive: expected true or false, "
+                                                     f"got {_show(case_sensitive)}")
+        case_sensitive = False
+    # Paths match without case unless the route says otherwise: a case-insensitive app (IIS, ASP.NET, Spring with
+    # its option, ...) routes /API/Users as /api/users, and matching too much only protects more.
+    flags = 0 if case_sensitive else re.IGNORECASE
     hosts: list[re.Pattern[str]] = []
     raw_hosts = node.get("hosts")
     if raw_hosts is not None:
@@ -234,11 +247,14 @@ def _match(node: Any, where: str, line: int, problems: _Problems) -> Match | Non
             problems.add(node.line_of("path"), f"{where}.path: expected a glob or re:REGEX string")
         elif raw_path.startswith("re:"):
             try:
-                path = re.compile(raw_path[3:])
+                path = re.compile(raw_path[3:], flags)
             except re.error as exc:
                 problems.add(node.line_of("path"), f"{where}.path: invalid regex: {exc}")
+        elif not raw_path.startswith(("/", "*")):
+            problems.add(node.line_of("path"), f"{where}.path: a glob matches the whole path, so it starts with / "
+                                               f"or *, got {_show(raw_path)}")
         else:
-            path = re.compile(fnmatch.translate(raw_path))
+            path = re.compile(fnmatch.translate(raw_path), flags)
     methods: set[str] = set()
     raw_methods = node.get("methods")
     if raw_methods is not None:
@@ -252,7 +268,8 @@ def _match(node: Any, where: str, line: int, problems: _Problems) -> Match | Non
                     problems.add(node.line_of("methods"), f"{where}.methods: unknown method {_show(m)} "
                                                           f"(expected {', '.join(METHODS)})")
                 methods.add(m.upper())
-    return Match(tuple(hosts), path, frozenset(methods))
+    return Match(tuple(hosts), path, frozenset(methods), glob=not (isinstance(raw_path, str)
+                                                                    and raw_path.startswith("re:")))
 
 
 def _selector(node: LMap, where: str, problems: _Problems, allowed: tuple[str, ...]) -> Selector | None:
@@ -324,7 +341,11 @@ def _subject(node: Any, where: str, line: int, problems: _Problems) -> Subject |
         problems.add(line, f"{where}: expected a mapping like {{json: \"$.email\", index: email}}")
         return None
     allowed = ("json", "form", "query", "header", "cookie")
-    _unknown_keys(node, (*allowed, "index"), f"{where}.", problems)
+    _unknown_keys(node, (*allowed, "index", "optional"), f"{where}.", problems)
+    optional = node.get("optional", False)
+    if not isinstance(optional, bool):
+        problems.add(node.line_of("optional"), f"{where}.optional: expected true or false, got {_show(optional)}")
+        return None
     selector = _selector(node, where, problems, allowed)
     index = node.get("index")
     if index not in INDEX_MODES:
@@ -333,7 +354,7 @@ def _subject(node: Any, where: str, line: int, problems: _Problems) -> Subject |
         return None
     if selector is None:
         return None
-    return Subject(selector, index)  # type: ignore[arg-type]
+    return Subject(selector, index, optional)  # type: ignore[arg-type]
 
 
 def _rule(node: Any, where: str, line: int, problems: _Problems, place: str) -> Rule | None:

@@ -66,6 +66,7 @@ class Rule:
 class Subject:
     selector: JsonSelector | FieldSelector
     index: str  # email, phone, login or custom
+    optional: bool = False  # False: a flow that would tokenize without its subject is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +74,19 @@ class Match:
     hosts: tuple[re.Pattern[str], ...] = ()
     path: re.Pattern[str] | None = None
     methods: frozenset[str] = frozenset()
+    glob: bool = True  # a glob matches the whole path; a `re:` regex matches as written (anchor it with ^ and $)
 
-    def matches(self, host: str, path: str, method: str) -> bool:
+    def matches(self, host: str, paths: tuple[str, ...], method: str) -> bool:
+        """`paths`: the spellings of the one path the app routes on (proxy_addons.paths.match_candidates)."""
         if self.methods and method.upper() not in self.methods:
             return False
-        if self.hosts and not any(h.fullmatch(host.lower()) for h in self.hosts):
+        if self.hosts and not any(h.fullmatch(host) for h in self.hosts):
             return False
-        return self.path is None or self.path.search(path) is not None
+        if self.path is None:
+            return True
+        if self.glob:
+            return any(self.path.fullmatch(p) is not None for p in paths)
+        return any(self.path.search(p) is not None for p in paths)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,7 @@ class Route:
     response: tuple[Rule, ...]
     on_error: OnError
     where: str
+    on_unreadable_body: OnError = "block"  # a request body the route's json/form rules cannot read: refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +111,12 @@ class RuleSet:
     def uses_hosts(self) -> bool:
         return any(route.match.hosts for route in self.routes)
 
-    def route_for(self, host: str, path: str, method: str) -> Route | None:
-        """The first route, in file order, whose match accepts the request."""
+    def route_for(self, host: str, paths: str | tuple[str, ...], method: str) -> Route | None:
+        """The first route, in file order, whose match accepts the request. `paths`: the path, or its spellings."""
+        host = host.lower().rstrip(".")
+        if isinstance(paths, str):
+            paths = (paths,)
         for route in self.routes:
-            if route.match.matches(host, path, method):
+            if route.match.matches(host, paths, method):
                 return route
         return None

@@ -289,7 +289,7 @@ def test_a_body_whose_encoding_cannot_be_decoded_is_refused(proxy: Proxy) -> Non
     set_raw(flow.request, b'{"email": "jo@example.com"}')
     proxy.request(flow)
     status, answer = error_of(flow)
-    assert status == 502 and "Content-Encoding" in answer["message"]
+    assert status == 400 and "gzip" in answer["message"]
 
 
 def test_latin1_text_body_keeps_its_charset(proxy: Proxy) -> None:
@@ -311,7 +311,7 @@ def test_unparseable_json_with_a_json_content_type_is_refused(proxy: Proxy) -> N
     flow = proxy.request(make_flow("POST", f"{APP}/json", b'{"email": "jo@example.com"',
                                    {"Content-Type": "application/json; charset=utf-8"}))
     status, answer = error_of(flow)
-    assert status == 502 and answer["route"] == "json" and "not valid JSON" in answer["message"]
+    assert status == 400 and answer["route"] == "json" and "not valid JSON" in answer["message"]
     assert "jo@example.com" not in flow.response.text
 
 
@@ -346,10 +346,21 @@ def test_empty_bodies_go_through(proxy: Proxy, content_type: str) -> None:
         assert flow.response.status_code == 200 and flow.response.raw_content == b""
 
 
-def test_a_binary_body_is_not_touched_by_text_rules(proxy: Proxy) -> None:
+def test_a_binary_request_body_is_refused_by_text_rules(proxy: Proxy) -> None:
+    # The app may read any request body as text whatever its Content-Type: one that is not text is refused.
     png = b"\x89PNG\r\n\x1a\n\x00\x00 jo@example.com \xff\xfe tbk_" + b"a" * 26
     flow = proxy.request(make_flow("POST", f"{APP}/text", png, {"Content-Type": "image/png"}))
-    assert flow.response is None and flow.request.raw_content == png
+    assert error_of(flow)[0] == 415
+
+
+def test_text_labelled_binary_is_still_scanned(proxy: Proxy) -> None:
+    flow = proxy.request(make_flow("POST", f"{APP}/text", b"mail jo@example.com", {"Content-Type": "image/png"}))
+    assert flow.response is None and b"jo@example.com" not in flow.request.raw_content
+
+
+def test_a_binary_response_body_is_not_touched_by_text_rules(proxy: Proxy) -> None:
+    png = b"\x89PNG\r\n\x1a\n\x00\x00 jo@example.com \xff\xfe tbk_" + b"a" * 26
+    flow = proxy.request(make_flow("GET", f"{APP}/text"))
     set_response(flow, png, {"Content-Type": "image/png"})
     proxy.response(flow)
     assert flow.response.status_code == 200 and flow.response.raw_content == png
@@ -358,7 +369,7 @@ def test_a_binary_body_is_not_touched_by_text_rules(proxy: Proxy) -> None:
 def test_undecodable_text_is_refused_not_passed(proxy: Proxy) -> None:
     flow = proxy.request(make_flow("POST", f"{APP}/text", b"mail jo@example.com \xff\xfe",
                                    {"Content-Type": "text/plain; charset=utf-8"}))
-    assert error_of(flow)[0] == 502
+    assert error_of(flow)[0] == 415
 
 
 # -- metadata, counters -------------------------------------------------------------------------------------------
