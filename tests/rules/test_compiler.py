@@ -54,6 +54,22 @@ routes:
     assert rs.route_for("example.com", "/api/users/7", "POST").name == "anything"  # type: ignore[union-attr]
     assert rs.route_for("x", "/api/items/12", "GET").name == "numbered"  # type: ignore[union-attr]
     assert rs.route_for("x", "/api/items/12x", "GET").name == "anything"  # type: ignore[union-attr]
+    # A glob matches the whole path, without case; a host without its trailing dot.
+    assert rs.route_for("app.internal", "/v2/api/users/7", "POST").name == "anything"  # type: ignore[union-attr]
+    assert rs.route_for("App.Internal.", "/API/Users/7", "POST").name == "users"  # type: ignore[union-attr]
+    assert rs.route_for("x", "/API/items/12", "GET").name == "numbered"  # type: ignore[union-attr]
+
+
+def test_case_sensitive_paths() -> None:
+    from rules.model import RuleSet
+
+    routes, _ = compile_text("version: 1\nroutes:\n  - name: a\n    match: {path: '/Api/*', case_sensitive: true}\n"
+                             "  - name: b\n    match: {path: 're:^/Items$', case_sensitive: true}\n", "r.yaml")
+    rs = RuleSet(tuple(routes))
+    assert rs.route_for("x", "/Api/x", "GET").name == "a"  # type: ignore[union-attr]
+    assert rs.route_for("x", "/api/x", "GET") is None
+    assert rs.route_for("x", "/Items", "GET").name == "b"  # type: ignore[union-attr]
+    assert rs.route_for("x", "/items", "GET") is None
 
 
 BAD = [
@@ -103,6 +119,14 @@ BAD = [
      r"require_consent: expected a consent purpose name"),
     ("version: 1\nversion: 1\n", r"r\.yaml:2: version: duplicate key"),
     ("version: 1\nroutes: [\n", r"r\.yaml:\d+: invalid YAML"),
+    ("version: 1\nroutes:\n  - name: a\n    match: {path: 'api/users'}\n",
+     r"r\.yaml:4: routes\[0\]\.match\.path: a glob matches the whole path, so it starts with / or \*"),
+    ("version: 1\nroutes:\n  - name: a\n    match: {path: '/a', case_sensitive: yes please}\n",
+     r"match\.case_sensitive: expected true or false"),
+    ("version: 1\nroutes:\n  - name: a\n    on_unreadable_body: allow\n",
+     r"r\.yaml:4: routes\[0\]\.on_unreadable_body: expected block or pass"),
+    ("version: 1\nroutes:\n  - name: a\n    subject: {json: '$.email', index: email, optional: maybe}\n",
+     r"subject\.optional: expected true or false"),
 ]
 
 
