@@ -74,11 +74,11 @@ def test_a_small_body_is_tokenized(limited: Limited) -> None:
     assert EMAIL_TOKEN.match(got.json()["email"]) and value.encode() not in got.raw
 
 
-def test_unparseable_json_is_502(limited: Limited) -> None:
+def test_unparseable_json_is_400(limited: Limited) -> None:
     before = limited.upstream.count()
     value = email()
     resp = limited.post(b'{not json, "email": "' + value.encode() + b'"')
-    body = assert_refused(resp, 502, "users")
+    body = assert_refused(resp, 400, "users")
     assert "JSON" in body["message"] and value not in resp.text
     assert limited.upstream.count() == before
 
