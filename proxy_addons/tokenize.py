@@ -31,6 +31,7 @@ from vault.errors import Unavailable, VaultError
 
 log = logging.getLogger("tokenbunker.proxy")
 RELOAD_SECONDS = 1.0
+METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
 def _needs_body(rules: Sequence[Rule], route: Route | None = None) -> bool:
@@ -183,7 +184,16 @@ class Tokenbunker:
             request.data.path = encoded.encode() + sep + query
         # pretty_host parses the Host header: only worth it when some route matches on hosts.
         host = request.pretty_host if self.rules.uses_hosts else ""
-        route = self.rules.route_for(host, paths.match_candidates(path), request.method)
+        candidates = paths.match_candidates(path)
+        route = self.rules.route_for(host, candidates, request.method)
+        # Rails, Express's method-override, Symfony and others route a POST by one of these headers instead.
+        overrides = {v.strip().upper() for h in METHOD_OVERRIDES for v in request.headers.get_all(h)} - {""}
+        for method in overrides - {request.method.upper()}:
+            other = self.rules.route_for(host, candidates, method)
+            if other is not None and route is not None and other is not route:
+                self._routes[flow] = found = _PathProblem("the method override header names another route")
+                return found
+            route = route or other
         self._routes[flow] = route
         return route
 

@@ -249,3 +249,10 @@ def test_text_with_a_bom_or_utf16_is_scanned(proxy: Proxy) -> None:
         flow = signup(proxy, "/notes", raw, "text/plain")
         assert flow.response is None
         assert EMAIL not in flow.request.raw_content.decode("utf-16" if raw[:2] == codecs.BOM_UTF16_LE else "utf-8-sig")
+
+
+def test_a_method_override_header_is_routed_as_the_app_routes_it(proxy: Proxy) -> None:
+    flow = make_flow("GET", f"{APP}/api/users", BODY, {"Content-Type": "application/json",
+                                                       "X-HTTP-Method-Override": "PUT"})
+    proxy.request(flow)
+    assert flow.response is None and EMAIL.encode() not in flow.request.raw_content
