@@ -76,10 +76,11 @@ class Counts:
     revealed: int = 0
     redacted: int = 0
     dropped: int = 0
+    withheld: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"tokenized": self.tokenized, "revealed": self.revealed, "redacted": self.redacted,
-                "dropped": self.dropped}
+                "dropped": self.dropped, "withheld": self.withheld}
 
 
 Sink = Callable[[str], None]
@@ -103,6 +104,7 @@ class _Work:
     tokenize: list[TokenRequest] = field(default_factory=list)
     tokenize_sinks: list[Sink] = field(default_factory=list)
     reveals: list[_Reveal] = field(default_factory=list)
+    withheld: frozenset[str] = frozenset()  # tokens the client brought in itself: never revealed back (echo.py)
 
     def add_tokenize(self, value: str, rule: Rule, sink: Sink, kind: str | None = None) -> None:
         try:
@@ -125,6 +127,9 @@ class _Work:
             self.counts.tokenized += len(made.tokens)
         groups: dict[str | None, list[_Reveal]] = {}  # by the consent needed; plain and masked go together
         for reveal in self.reveals:
+            if reveal.token in self.withheld:
+                self.counts.withheld += 1
+                continue
             groups.setdefault(reveal.rule.require_consent, []).append(reveal)
         batches = [(purpose, items[i : i + CHUNK]) for purpose, items in groups.items()
                    for i in range(0, len(items), CHUNK)]
@@ -337,7 +342,8 @@ class MessageRewriter:
     vault and writes the answers back. Work on a large body runs in a worker thread, off mitmproxy's loop."""
 
     def __init__(self, message: http.Message, request: http.Request, route: Route, rules: Sequence[Rule],
-                 max_body: int | None = None, *, max_values: int = 0, is_request: bool = False) -> None:
+                 max_body: int | None = None, *, max_values: int = 0, is_request: bool = False,
+                 withheld: frozenset[str] = frozenset()) -> None:
         self.message = message
         self.request = request
         self.route = route
@@ -345,6 +351,7 @@ class MessageRewriter:
         self.max_body = max_body  # None: these rules do not read the body, which is left as it came
         self.max_values = max_values
         self.is_request = is_request
+        self.withheld = withheld
         self.counts = Counts()
         self.produced: set[str] = set()
         self.doc: Any = _NO_JSON
@@ -445,13 +452,13 @@ class MessageRewriter:
         person = None
         holder = [self.doc]
         if structured:
-            work = _Work(self.route.name, self.counts, self.produced)
+            work = _Work(self.route.name, self.counts, self.produced, withheld=self.withheld)
             finishers = await self._cpu(lambda: [self._structured(rule, work, holder) for rule in structured])
             self._check_owner(work, subject)
             person = await work.run(vault, subject)
             await self._cpu(lambda: [finish() for finish in finishers])
         if textual:
-            work = _Work(self.route.name, self.counts, self.produced)
+            work = _Work(self.route.name, self.counts, self.produced, withheld=self.withheld)
             finish_text = await self._cpu(lambda: self._textual(textual, work, holder))
             self._check_owner(work, subject)
             person = await work.run(vault, subject) or person

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from proxy_addons import logfilter, paths
+from proxy_addons import bodylimit, echo, logfilter, paths
 from proxy_addons.accesslog import AccessLog
 from proxy_addons.rewrite import Blocked, MessageRewriter, ProtectionError
 from proxy_addons.vaultclient import HttpVault, InProcessVault, VaultClient
@@ -32,6 +32,10 @@ from vault.errors import Unavailable, VaultError
 log = logging.getLogger("tokenbunker.proxy")
 RELOAD_SECONDS = 1.0
 METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
+def _reveals(route: Route) -> bool:
+    return any(r.action == "detokenize" for r in route.response)
 
 
 def _needs_body(rules: Sequence[Rule], route: Route | None = None) -> bool:
@@ -58,6 +62,8 @@ class Tokenbunker:
         self.counts: Counter[str] = Counter()
         # The person a flow is about, for its response: ("token", uuid) once known. Memory only, never logged.
         self._subjects: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[str, str]] = weakref.WeakKeyDictionary()
+        # Tokens a flow's request brought in, which its response does not reveal (proxy_addons/echo.py).
+        self._brought: weakref.WeakKeyDictionary[http.HTTPFlow, frozenset[str]] = weakref.WeakKeyDictionary()
         self._routes: weakref.WeakKeyDictionary[http.HTTPFlow, Route | _PathProblem | None] = \
             weakref.WeakKeyDictionary()
         # Flows between their request headers and the end of their response (or error): with one alone, the
@@ -206,7 +212,8 @@ class Tokenbunker:
         if self.problem is not None:
             return
         route = self._route(flow)
-        if isinstance(route, _PathProblem) or (route is not None and _needs_body(route.request, route)):
+        if isinstance(route, _PathProblem) or (route is not None and (
+                _needs_body(route.request, route) or _reveals(route))):
             flow.request.stream = False  # the whole body is needed before anything may go upstream
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -224,9 +231,24 @@ class Tokenbunker:
             self.counts["path.refused"] += 1
             self._refuse(flow, None, 400, f"request refused: {route.message}")
             return
-        if route is None or not (route.request or route.subject):
+        if route is None:
+            return
+        if not (route.request or route.subject):
+            if _reveals(route):
+                self._remember_brought(flow, route)
             return
         await self._protect(flow, route, flow.request, route.request, read=True)
+
+    def _remember_brought(self, flow: http.HTTPFlow, route: Route) -> None:
+        body = flow.request.raw_content
+        if body and bodylimit.encodings_of(flow.request.headers.get("content-encoding", "")):
+            try:
+                body = bodylimit.decode(body, flow.request.headers["content-encoding"], self.max_body)
+            except bodylimit.BodyError as exc:
+                self.counts[f"{route.name}.refused"] += 1
+                self._refuse(flow, route, exc.status, f"request refused: {exc.message}")
+                return
+        self._brought[flow] = echo.brought_tokens(flow.request, body)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         try:
@@ -249,8 +271,11 @@ class Tokenbunker:
         try:
             reads_body = _needs_body(rules, route if read else None)
             rewriter = MessageRewriter(message, flow.request, route, rules, self.max_body if reads_body else None,
-                                       max_values=self.max_values, is_request=read)
+                                       max_values=self.max_values, is_request=read,
+                                       withheld=frozenset() if read else self._brought.get(flow, frozenset()))
             await rewriter.prepare()
+            if read and _reveals(route):
+                self._brought[flow] = echo.brought_tokens(flow.request, flow.request.raw_content)
             subject = rewriter.subject() if read else self._subjects.get(flow)
             person = await rewriter.apply(self.client, subject)
             if rewriter.unreadable:

@@ -256,3 +256,36 @@ def test_a_method_override_header_is_routed_as_the_app_routes_it(proxy: Proxy) -
                                                        "X-HTTP-Method-Override": "PUT"})
     proxy.request(flow)
     assert flow.response is None and EMAIL.encode() not in flow.request.raw_content
+
+
+def test_tokens_a_client_brings_are_not_revealed_back(make_proxy: MakeProxy) -> None:
+    # An app that echoes its input would turn the route's reveal rules into a detokenization oracle.
+    from tests.proxy_addons.conftest import set_json_response
+
+    proxy = make_proxy(RULES + """
+  - name: echo
+    match: {path: "/echo"}
+    request:
+      - {json: "$.name", action: tokenize, kind: name}
+    response:
+      - {any: tokens, action: detokenize}
+      - {json: "$.name", action: detokenize}
+""")
+    victim = signup(proxy, "/api/users", BODY)
+    token = json.loads(victim.request.raw_content)["email"]
+    for raw, content_type in ((json.dumps({"note": token, "name": "Eve"}).encode(), "application/json"),
+                              (('{"note": "%s", "name": "Eve"}' % token.replace("@", "\\u0040")).encode(),
+                               "application/json"),
+                              (b"note=" + token.replace("@", "%40").encode(), "application/x-www-form-urlencoded")):
+        flow = make_flow("POST", f"{APP}/echo", raw, {"Content-Type": content_type})
+        proxy.request(flow)
+        if flow.response is not None:
+            continue  # refused: nothing echoed
+        name_token = json.loads(flow.request.raw_content)["name"] if content_type == "application/json" else None
+        set_json_response(flow, {"note": token, "name": name_token})
+        proxy.response(flow)
+        answer = json.loads(flow.response.content)
+        assert answer["note"] == token  # left as it came
+        if name_token:
+            assert answer["name"] == "Eve"  # what the sidecar made in this flow is revealed as usual
+        assert flow.metadata["tokenbunker"]["response"]["withheld"] >= 1
