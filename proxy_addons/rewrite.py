@@ -79,8 +79,9 @@ class Counts:
     withheld: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"tokenized": self.tokenized, "revealed": self.revealed, "redacted": self.redacted,
-                "dropped": self.dropped, "withheld": self.withheld}
+        counts = {"tokenized": self.tokenized, "revealed": self.revealed, "redacted": self.redacted,
+                  "dropped": self.dropped}
+        return counts | ({"withheld": self.withheld} if self.withheld else {})
 
 
 Sink = Callable[[str], None]
