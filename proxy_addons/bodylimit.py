@@ -13,7 +13,10 @@ decode, and refuses (never skips) what it cannot account for:
 - data after the end of the stream that is not another member / frame: `BodyUndecodable`;
 - a stream cut before its end: `BodyUndecodable` (mitmproxy's gzip decoder would return the partial output);
 - checksums (gzip CRC-32 and size, zlib Adler-32, zstd content checksum when present) are verified;
-- more than one encoding (`gzip, br`) or an encoding it does not know: `EncodingUnsupported`.
+- more than one encoding (`gzip, br`) or an encoding it does not know: `EncodingUnsupported`;
+- more than MAX_PARTS gzip members or zstd frames: `BodyUndecodable`. Each zstd frame needs a fresh decompressor
+  (about 10-20 us), so 10 MiB of 10-byte frames would cost some 20 s of CPU (mitmproxy's decoder: minutes, as it
+  copies the rest of the body after every frame). Real bodies have one member or frame, rarely a few.
 
 Like mitmproxy, "gzip" also accepts a zlib (RFC 1950) stream, and "deflate" accepts a zlib stream or raw deflate
 (RFC 1951). Unlike mitmproxy, "deflate" picks by the first two bytes (a valid zlib header: zlib, strictly; anything
@@ -36,6 +39,8 @@ except ImportError:  # pragma: no cover - depends on the Python version
 
 STEP = 1 << 16  # most output asked of a decompressor in one call
 IN_STEP = 1 << 16  # most input given to a decompressor in one call (bounds the copies of unconsumed input)
+_FIRST_IN_STEP = 1 << 10  # the first input slice of each member / frame; doubles up to IN_STEP
+MAX_PARTS = 1024  # most gzip members or zstd frames (skippable ones included) in one body
 _BR_STEP = 1 << 14  # brotli 1.2 rounds its output buffer up (32 KiB floor, then grows by half): ask for less
 
 SUPPORTED = ("gzip", "deflate", "br", "zstd")
@@ -176,11 +181,13 @@ def _inflate(view: memoryview, pos: int, wbits: int, sink: _Sink, encoding: str)
     where it ended."""
     d = zlib.decompressobj(wbits)
     end = len(view)
+    step = _FIRST_IN_STEP  # small first: after a short member, unused_data copies the rest of the slice
     while not d.eof:
         if pos >= end:
             raise _truncated(encoding)
-        chunk = view[pos:pos + IN_STEP]
+        chunk = view[pos:pos + step]
         pos += len(chunk)
+        step = min(2 * step, IN_STEP)
         data: bytes | memoryview = chunk
         while True:
             room = sink.room()
@@ -200,9 +207,13 @@ def _gunzip(view: memoryview, sink: _Sink) -> None:
     pos = _inflate(view, 0, 32 + zlib.MAX_WBITS, sink, "gzip")
     if pos < len(view) and view[0] != 0x1F:
         raise _trailing("gzip")
+    parts = 1
     while pos < len(view):
         if view[pos:pos + 2] != b"\x1f\x8b"[:len(view) - pos]:
             raise _trailing("gzip")
+        parts += 1
+        if parts > MAX_PARTS:
+            raise BodyUndecodable(f"the gzip body has more than {MAX_PARTS} members")
         pos = _inflate(view, pos, 16 + zlib.MAX_WBITS, sink, "gzip")
 
 
@@ -249,8 +260,11 @@ def _unzstd(view: memoryview, sink: _Sink) -> None:
     # the position goes back by len(unused_data), so the next frame is read from `view` again: no copy of the rest
     # of the body per frame. Skippable frames are stepped over here, without a decompressor.
     end = len(view)
-    pos = 0
+    pos = parts = 0
     while pos < end:
+        parts += 1
+        if parts > MAX_PARTS:
+            raise BodyUndecodable(f"the zstd body has more than {MAX_PARTS} frames")
         if end - pos >= 8 and int.from_bytes(view[pos:pos + 4], "little") & ~0xF == _ZSTD_SKIPPABLE:
             size = int.from_bytes(view[pos + 4:pos + 8], "little")
             if pos + 8 + size > end:
@@ -259,12 +273,15 @@ def _unzstd(view: memoryview, sink: _Sink) -> None:
             continue
         d = zstd.ZstdDecompressor()
         idle = 0
+        step = _FIRST_IN_STEP  # small first: after a short frame, unused_data copies the rest of the slice
         while not d.eof:
             if d.needs_input:
                 if pos >= end:
                     raise _truncated("zstd")
-                chunk = view[pos:pos + IN_STEP]
+                chunk = view[pos:pos + step]
                 pos += len(chunk)
+                step = min(2 * step, IN_STEP)
+                idle = 0
                 out = d.decompress(chunk, max_length=sink.room())
             else:
                 out = d.decompress(b"", max_length=sink.room())

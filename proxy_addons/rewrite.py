@@ -261,13 +261,9 @@ def _plain_find(keys: tuple[str, ...], doc: Any) -> list[tuple[Any, dict[str, An
 def _content(message: http.Message) -> bytes | None:
     """The body, decoded. MessageRewriter.prepare has already replaced a compressed body by its bounded decoding
     (bodylimit.decode), so mitmproxy's own unbounded decoder never runs on one."""
-    if message.raw_content is not None and message.headers.get("content-encoding", "").strip().lower() not in (
-            "", "identity"):
+    if message.raw_content is not None and bodylimit.encodings_of(message.headers.get("content-encoding", "")):
         raise ProtectionError("the body's Content-Encoding was not decoded", status=415, final=True)
     return message.raw_content
-
-
-_MITMPROXY_ENCODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}
 
 
 def _boundary(message: http.Message) -> bytes:
@@ -497,7 +493,7 @@ class MessageRewriter:
             if "transfer-encoding" not in self.message.headers:
                 self.message.headers["content-length"] = str(len(self._raw or b""))
         else:
-            self.message.encode(_MITMPROXY_ENCODINGS.get(self._encoding.strip().lower(), "gzip"))
+            self.message.encode(bodylimit.encodings_of(self._encoding)[0])
 
     # -- structured selectors ----------------------------------------------------------------------------------
 
