@@ -11,9 +11,10 @@ import asyncio
 import bisect
 import codecs
 import functools
+import itertools
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,7 +170,7 @@ def read_subject(request: http.Request, subject: Subject | None, doc: Any = None
         if doc is not _NO_JSON:
             keys = _plain_keys(selector)
             if keys is not None:
-                found = [value for value, _parent, _key in _plain_find(keys, doc)]
+                found = [value for value, _parent, _key in itertools.islice(_plain_find(keys, doc), 1)]
             else:
                 found = [m.value for m in selector.expr.find(doc)]
             value = found[0] if found else None
@@ -222,40 +223,63 @@ def _json_doc(message: http.Message) -> Any:
         return _NO_JSON
 
 
+WILD: Any = object()  # a `*` / `[*]` step of a plain path
+
+
 @functools.lru_cache(maxsize=4096)
-def _plain_keys(selector: JsonSelector) -> tuple[str, ...] | None:
-    """The field names of a JSONPath that is only `$.a.b.c` (one named field per step: no wildcard, filter, index,
-    union or descent), else None. Such a path is found and written with plain dict access below, exactly as
-    jsonpath_ng would (`dict.get` at each step, nothing found under a non-object), at a fraction of its cost: most
-    rules are this simple, and jsonpath_ng's find and update were most of the addon's own time per field."""
+def _plain_keys(selector: JsonSelector) -> tuple[Any, ...] | None:
+    """The steps of a JSONPath made only of named fields and wildcards (`$.a.b`, `$[*].email`,
+    `$.contacts[*].phone`; no filter, index, union or descent): a field name, or WILD. Else None. Such a path is
+    found and written with plain dict and list access below, exactly as jsonpath_ng would (a field: `dict.get`,
+    nothing under a non-object; a wildcard: every element of a list or value of an object, nothing under a scalar),
+    at a fraction of its cost, and lazily, so that a message over the value cap is refused before it is all
+    walked. Most rules are this simple."""
     from jsonpath_ng import jsonpath  # loaded already: the rules' JSONPaths were parsed with it
 
-    keys: list[str] = []
+    keys: list[Any] = []
     expr = selector.expr
     while isinstance(expr, jsonpath.Child):
         step = expr.right
-        if type(step) is not jsonpath.Fields or len(step.fields) != 1:
+        if type(step) is jsonpath.Wildcard:
+            keys.append(WILD)
+        elif type(step) is not jsonpath.Fields or len(step.fields) != 1:
             return None
-        name = step.fields[0]
-        if name == "*" or name == jsonpath.auto_id_field:
-            return None
-        keys.append(name)
+        else:
+            name = step.fields[0]
+            if name == "*" or name == jsonpath.auto_id_field:
+                return None
+            keys.append(name)
         expr = expr.left
     if type(expr) is not jsonpath.Root or not keys:
         return None
     return tuple(reversed(keys))
 
 
-def _plain_find(keys: tuple[str, ...], doc: Any) -> list[tuple[Any, dict[str, Any], str]]:
-    """The match of a plain path (see _plain_keys) in `doc`: [(value, the object holding it, its key)] or []."""
-    parent = doc
-    for key in keys[:-1]:
-        parent = parent.get(key, _NO_JSON) if isinstance(parent, dict) else _NO_JSON
-        if parent is _NO_JSON:
-            return []
-    if not isinstance(parent, dict) or keys[-1] not in parent:
-        return []
-    return [(parent[keys[-1]], parent, keys[-1])]
+def _plain_find(keys: tuple[Any, ...], doc: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """The matches of a plain path (see _plain_keys) in `doc`, in jsonpath_ng's order: (value, the object or list
+    holding it, its key or index)."""
+
+    def walk(node: Any, depth: int) -> Iterator[tuple[Any, Any, Any]]:
+        key = keys[depth]
+        if key is WILD:
+            if isinstance(node, list):
+                children: Any = enumerate(node)
+            elif isinstance(node, dict):
+                children = node.items()
+            else:
+                return
+        elif isinstance(node, dict) and key in node:
+            children = ((key, node[key]),)
+        else:
+            return
+        last = depth == len(keys) - 1
+        for child_key, value in children:
+            if last:
+                yield value, node, child_key
+            else:
+                yield from walk(value, depth + 1)
+
+    return walk(doc, 0)
 
 
 def _content(message: http.Message) -> bytes | None:
@@ -297,10 +321,10 @@ def _field_values(message: http.Message, selector: FieldSelector, request: http.
     if mimetype == FORM_TYPE:
         return list(message.urlencoded_form.get_all(name))
     if mimetype == MULTIPART_TYPE:
-        boundary = multipart.boundary_of(message.headers.get("content-type", ""))
         content = _content(message)
-        if boundary is None or not content:
+        if not content:
             return []
+        boundary = _boundary(message)
         try:
             return multipart.values(content, boundary, name)
         except ValueError:
@@ -519,17 +543,15 @@ class MessageRewriter:
                 self.counts.dropped += found
             return lambda: None
         keys = _plain_keys(selector)
-        matches: list[tuple[Any, Callable[[Any], None]]] = []
+        matches: Iterator[tuple[Any, Callable[[Any], None]]]
         if keys is not None:
-            for value, parent, key in _plain_find(keys, holder[0]):
-                def put(new: Any, parent: dict[str, Any] = parent, key: str = key) -> None:
-                    parent[key] = new
-                matches.append((value, put))
+            # Lazily: a message over the value cap is refused by _act before the rest of it is walked.
+            matches = ((value, functools.partial(_put, parent, key))
+                       for value, parent, key in _plain_find(keys, holder[0]))
         else:
-            for match in selector.expr.find(holder[0]):
-                def update(new: Any, path: Any = match.full_path) -> None:
-                    holder[0] = path.update(holder[0], new)
-                matches.append((match.value, update))
+            def update(path: Any, new: Any) -> None:
+                holder[0] = path.update(holder[0], new)
+            matches = ((m.value, functools.partial(update, m.full_path)) for m in selector.expr.find(holder[0]))
         for value, write in matches:
             if value is None or isinstance(value, bool):
                 continue
@@ -665,19 +687,21 @@ class _Text:
         self.write("".join(pieces))
 
 
-def _spans(rule: Rule, text: str) -> list[tuple[int, int, str | None]]:
+def _spans(rule: Rule, text: str) -> Iterator[tuple[int, int, str | None]]:
+    """Lazily, so that a text over the value cap is refused before all of it is scanned."""
     selector = rule.selector
     if isinstance(selector, TextSelector):
-        out = []
         for m in selector.pattern.finditer(text):
             if m.re.groups and m.group(1) is not None:
-                out.append((m.start(1), m.end(1), None))
+                yield m.start(1), m.end(1), None
             elif not m.re.groups and m.end() > m.start():
-                out.append((m.start(), m.end(), None))
-        return out
-    if isinstance(selector, DetectSelector):
-        return [(f.start, f.end, f.kind) for f in selector.detector.find(text)]
-    return [(m.start(), m.end(), None) for m in TOKEN_PATTERN.finditer(text)]
+                yield m.start(), m.end(), None
+    elif isinstance(selector, DetectSelector):
+        for f in selector.detector.find(text):
+            yield f.start, f.end, f.kind
+    else:
+        for m in TOKEN_PATTERN.finditer(text):
+            yield m.start(), m.end(), None
 
 
 def _json_strings(holder: list[Any], targets: list[_Text]) -> None:
@@ -698,6 +722,10 @@ def _json_strings(holder: list[Any], targets: list[_Text]) -> None:
         targets.append(_Text(root, lambda new: holder.__setitem__(0, new)))
     elif isinstance(root, dict | list):
         walk(root)
+
+
+def _put(parent: Any, key: Any, new: Any) -> None:
+    parent[key] = new
 
 
 def _list_sink(values: list[str | None], index: int) -> Callable[[str | None], None]:

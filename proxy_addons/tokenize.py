@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import weakref
 from collections import Counter
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from vault.errors import Unavailable, VaultError
 
 log = logging.getLogger("tokenbunker.proxy")
 RELOAD_SECONDS = 1.0
+SWITCH_SECONDS = 0.0005
 METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
@@ -141,6 +143,9 @@ class Tokenbunker:
     # -- rule reload -----------------------------------------------------------------------------------------
 
     def running(self) -> None:
+        # Large bodies are worked on in threads (rewrite.OFFLOAD_BYTES). The loop waits for the GIL up to one switch
+        # interval each time it wakes; 5 ms, the default, a dozen times per small flow is what a stall is made of.
+        sys.setswitchinterval(SWITCH_SECONDS)
         if ctx.options.tokenbunker_reload and self._reloader is None:
             self._reloader = asyncio.get_running_loop().create_task(self._watch())
 

@@ -561,7 +561,7 @@ _json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(doc=_json_values, path=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3))
+@given(doc=_json_values, path=st.lists(st.sampled_from(["a", "b", "c", "*"]), min_size=1, max_size=3))
 def test_plain_paths_find_and_write_what_jsonpath_ng_does(doc: object, path: list[str]) -> None:
     import copy
 
@@ -570,19 +570,21 @@ def test_plain_paths_find_and_write_what_jsonpath_ng_does(doc: object, path: lis
     from proxy_addons.rewrite import _plain_find, _plain_keys
     from rules.model import JsonSelector
 
-    text = "$." + ".".join(path)
+    from proxy_addons.rewrite import WILD
+
+    text = "$" + "".join("[*]" if p == "*" else "." + p for p in path)
     selector = JsonSelector(text, parse(text))
     keys = _plain_keys(selector)
-    assert keys == tuple(path)
+    assert keys == tuple(WILD if p == "*" else p for p in path)
     expected = [m.value for m in selector.expr.find(doc)]
-    found = _plain_find(keys, doc)
+    found = list(_plain_find(keys, doc))
     assert [value for value, _parent, _key in found] == expected
     if found:
         theirs = copy.deepcopy(doc)
         for match in selector.expr.find(theirs):
             theirs = match.full_path.update(theirs, "tok")
-        _value, parent, key = found[0]
-        parent[key] = "tok"
+        for _value, parent, key in found:
+            parent[key] = "tok"
         assert doc == theirs
 
 
@@ -592,5 +594,5 @@ def test_paths_that_are_not_plain_keep_jsonpath_ng() -> None:
     from proxy_addons.rewrite import _plain_keys
     from rules.model import JsonSelector
 
-    for text in ("$", "$.*", "$..email", "$.a[0]", "$.a[*].b", "$.a,b", "$[?(@.x == 1)]"):
+    for text in ("$", "$..email", "$.a[0]", "$.a,b", "$[?(@.x == 1)]", "$.a[1:2]"):
         assert _plain_keys(JsonSelector(text, parse(text))) is None, text
