@@ -10,6 +10,7 @@ unless the route says `on_error: pass`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -146,6 +147,10 @@ class Tokenbunker:
         # Large bodies are worked on in threads (rewrite.OFFLOAD_BYTES). The loop waits for the GIL up to one switch
         # interval each time it wakes; 5 ms, the default, a dozen times per small flow is what a stall is made of.
         sys.setswitchinterval(SWITCH_SECONDS)
+        # A full collection holds the GIL while it walks every object; the ones made at start-up (mitmproxy, the
+        # vault, the rules) live as long as the process, so they are set aside and never walked again.
+        gc.collect()
+        gc.freeze()
         if ctx.options.tokenbunker_reload and self._reloader is None:
             self._reloader = asyncio.get_running_loop().create_task(self._watch())
 

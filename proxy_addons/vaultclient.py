@@ -27,6 +27,9 @@ from vault.tokens import TokenRequest
 
 log = logging.getLogger("tokenbunker.proxy")
 GROUP_MAX = 256  # flows per group-commit transaction
+# A transaction may run on the loop (see _may_inline) only for this many values: a bulk message's would hold every
+# other connection for tens of milliseconds.
+INLINE_MAX_VALUES = 32
 ACTOR = "sidecar"  # who acted, in the audit trail, for an in-process vault (over HTTP: the token's name)
 
 
@@ -96,7 +99,8 @@ class InProcessVault:
     async def _write_job(self, run: Callable[[list[Any]], Sequence[Any]], work: Any) -> Any:
         """`work` in a transaction on the loop when the flow may have one there (see _may_inline), else on the
         writer thread with its group."""
-        result = self._inline(run, work) if self._may_inline() else _HAND_OVER
+        size = len(getattr(work, "items", None) or getattr(work, "tokens", None) or ())
+        result = self._inline(run, work) if size <= INLINE_MAX_VALUES and self._may_inline() else _HAND_OVER
         if result is _HAND_OVER:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._jobs.put((work, future))
@@ -117,7 +121,7 @@ class InProcessVault:
         work = FlowReveal(tokens, reveal, purpose, route)
         # Alone, on the loop: a read never waits for a writer under WAL, and costs less than the two hand-offs.
         found = self._inline(self._read_flows, work) if self._inline_ok and not self._reading and \
-            self._reads.empty() and self.alone() else _HAND_OVER
+            self._reads.empty() and len(tokens) <= INLINE_MAX_VALUES and self.alone() else _HAND_OVER
         if found is _HAND_OVER:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._reads.put((work, future))

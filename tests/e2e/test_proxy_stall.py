@@ -51,9 +51,9 @@ from tests.e2e.stallhelpers import (
 
 MAX_BODY = 8 * MiB  # generous: every input below but the bombs' decoded size fits
 BUDGET = 0.100  # most a probe may take over its baseline while the attack runs
-# Over 1 MB the issue sets no latency budget: input 4's probes are measured and printed, not checked. Set this to
-# BUDGET once the fix holds it.
-LARGE_INPUT_BUDGET: float | None = None
+# Over 1 MB the issue sets no latency budget; the sidecar holds it all the same (input 4 is refused while its JSON is
+# walked, in a worker thread), so it is checked too.
+LARGE_INPUT_BUDGET: float | None = BUDGET
 # The proxy stalls now and then by itself: a full garbage collection on a warmed-up proxy takes ~35-75 ms here (one
 # in ~1000 probes, both probes at once, no attack running), and up to ~170 ms was seen once. A delay over the budget
 # but within NOISE_FACTOR times it is measured once more, and fails only if it is over the budget again.
@@ -269,6 +269,16 @@ def emails_text() -> bytes:
     return "".join(f"u{i}@x.io\n" for i in range(30_000)).encode()
 
 
+def emails_under_cap() -> bytes:
+    """9,000 addresses (under proxy.max_values_per_message): all tokenized, in calls of 500, while others go on."""
+    return "".join(f"u{i}@x.io\n" for i in range(9_000)).encode()
+
+
+def values_under_cap() -> bytes:
+    """9,000 selected JSON fields: 300 KB."""
+    return json.dumps([{"email": f"u{i}@example.com"} for i in range(9_000)]).encode()
+
+
 def plain_text(size: int) -> bytes:
     """Words without any address, number or token: `size` bytes."""
     words = b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore\n"
@@ -313,6 +323,11 @@ CASES = {
                               note="349 KB text/plain, 30,000 addresses, detect: [email]"),
     "text-regex-30k-emails": Case("/text", "text/plain", emails_text, b"@x.io",
                                   note="349 KB text/plain, 30,000 addresses, a text: regex"),
+    # Under the value cap: the message is tokenized whole, and the probes' own new values still get their turn.
+    "detect-9000-emails": Case("/detect", "text/plain", emails_under_cap, b"@x.io",
+                               note="105 KB text/plain, 9,000 addresses, detect: [email]"),
+    "json-9000-values": Case("/import", "application/json", values_under_cap, b"@example.com",
+                             note="300 KB, 9,000 x $[*].email"),
     # 3. the multipart part-name parser.
     "multipart-8000-dispositions": Case("/form", "multipart/form-data; boundary=stallboundary", multipart_redos,
                                         b"@form.example.org", note="160 KB header block, form: email"),
