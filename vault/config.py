@@ -117,11 +117,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "listen_port": Field("int", 8081, min=1, max=65535),
         "upstream": Field("str", None, optional=True, check=lambda v: "://" in v, expect=_URL),
         "max_body_bytes": Field("int", 10485760, min=1024),
+        "log_client_ip": Field("str", "drop", check=lambda v: v in ("drop", "hash", "keep"),
+                               expect="drop, hash or keep"),
         # Values one message may have tokenized or revealed; above it the message is refused (413). Each one is a
         # vault write, so this bounds how long one request can hold the writer.
         "max_values_per_message": Field("int", 10000, min=1, max=1000000),
-        "log_client_ip": Field("str", "drop", check=lambda v: v in ("drop", "hash", "keep"),
-                               expect="drop, hash or keep"),
         "access_log": Field("str", None, optional=True),  # the sidecar's access log, scrubbed by the logs: rules
         # strict: a revealed value leaves only once its audit row is committed; buffered: rows are written within
         # 0.25 s, coalesced (faster; a crash can lose the last 0.25 s of reveal counts). See docs/sidecar.md.

@@ -25,6 +25,7 @@ import requests
 from tests.e2e.helpers import cli_env, new_master_key
 from tests.e2e.proxyhelpers import (
     EMAIL_TOKEN,
+    Fixed,
     OPAQUE_TOKEN,
     UNKNOWN_TOKEN,
     PiiValues,
@@ -414,13 +415,21 @@ def test_any_tokens_response_rule(stack: Stack) -> None:
     sent = stack.sent_last(mark).json()
     digits_token = sent["contacts"][0]["phone"]
     text = f"mail {sent['email']} name {sent['name']} phone {digits_token} unknown {UNKNOWN_TOKEN} end"
-    mark = stack.upstream.count()
-    resp = stack.post("/reveal", data=text.encode(), headers={"Content-Type": "text/plain; charset=utf-8"})
-    assert stack.sent_last(mark).decoded.decode() == text  # no request rule: the tokens go as they are
-    assert resp.status_code == 200, resp.text[:300]
-    # Recognisable tokens are revealed; a digits token looks like data and stays; an unknown token stays.
-    assert resp.text == f"mail {doc['email']} name {doc['name']} phone {digits_token} unknown {UNKNOWN_TOKEN} end"
-    assert int(resp.headers["Content-Length"]) == len(resp.content)
+    # The app answers with tokens it stored: recognisable ones are revealed; a digits token looks like data and
+    # stays; an unknown token stays.
+    stack.upstream.fixed["/reveal"] = Fixed(200, text.encode(), "text/plain; charset=utf-8")
+    try:
+        resp = stack.post("/reveal", data=b"show me", headers={"Content-Type": "text/plain; charset=utf-8"})
+        assert resp.status_code == 200, resp.text[:300]
+        assert resp.text == f"mail {doc['email']} name {doc['name']} phone {digits_token} unknown {UNKNOWN_TOKEN} end"
+        assert int(resp.headers["Content-Length"]) == len(resp.content)
+        # Tokens the client sends in itself are never revealed back (an echoing app is no detokenization oracle).
+        mark = stack.upstream.count()
+        resp = stack.post("/reveal", data=text.encode(), headers={"Content-Type": "text/plain; charset=utf-8"})
+        assert stack.sent_last(mark).decoded.decode() == text  # no request rule: the tokens go as they are
+        assert resp.status_code == 200 and resp.text == text
+    finally:
+        del stack.upstream.fixed["/reveal"]
 
 
 # -- HTTP/2 ----------------------------------------------------------------------------------------------------------
