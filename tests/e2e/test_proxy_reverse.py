@@ -25,9 +25,9 @@ import requests
 from tests.e2e.helpers import cli_env, new_master_key
 from tests.e2e.proxyhelpers import (
     EMAIL_TOKEN,
-    Fixed,
     OPAQUE_TOKEN,
     UNKNOWN_TOKEN,
+    Fixed,
     PiiValues,
     ProxyProcess,
     Recorded,

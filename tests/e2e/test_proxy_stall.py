@@ -34,10 +34,10 @@ import pytest
 from tests.e2e.helpers import cli_env, new_master_key
 from tests.e2e.proxyhelpers import ProxyProcess, RecordingUpstream, tokenbunker_proxy, write_proxy_config
 from tests.e2e.stallhelpers import (
-    MiB,
     Attack,
     Client,
     Heartbeat,
+    MiB,
     Probe,
     brotli_bomb,
     deflate_bomb,

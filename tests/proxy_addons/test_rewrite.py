@@ -567,10 +567,8 @@ def test_plain_paths_find_and_write_what_jsonpath_ng_does(doc: object, path: lis
 
     from jsonpath_ng.ext import parse
 
-    from proxy_addons.rewrite import _plain_find, _plain_keys
+    from proxy_addons.rewrite import WILD, _plain_find, _plain_keys
     from rules.model import JsonSelector
-
-    from proxy_addons.rewrite import WILD
 
     text = "$" + "".join("[*]" if p == "*" else "." + p for p in path)
     selector = JsonSelector(text, parse(text))
