@@ -12,24 +12,22 @@ import base64
 import gzip
 import http.client
 import json
+import os
 import re
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import brotli
 from backports import zstd
 
-from tests.e2e.helpers import REPO, free_port
-from tests.e2e.proxyhelpers import leaks, tcp_ready
+from tests.e2e.proxyhelpers import ProxyProcess, leaks
 
 APPS_DIR = Path(__file__).resolve().parent / "apps"
 APP_SCRIPTS = {"flask": APPS_DIR / "flask_app.py", "starlette": APPS_DIR / "starlette_app.py"}
@@ -74,80 +72,27 @@ class SeenLog:
             time.sleep(0.02)
 
 
-class AppProcess:
-    """One app of tests/e2e/apps/ in a subprocess on a free loopback port."""
+class AppProcess(ProxyProcess):
+    """One app of tests/e2e/apps/ in a subprocess on a free loopback port: started, stopped and read as a proxy
+    process is, and ready once it has recorded a probe request."""
 
     def __init__(self, kind: str, workdir: Path) -> None:
         self.kind = kind
         self.script = APP_SCRIPTS[kind]
         self.log_path = workdir / f"{kind}-seen.jsonl"
-        self.stdout_path = workdir / f"{kind}-app.stdout"
-        self.stderr_path = workdir / f"{kind}-app.stderr"
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._files: list[IO[bytes]] = []
         self.seen = SeenLog(self.log_path)
+        super().__init__(self._argv, dict(os.environ), workdir, f"{kind}-app")
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def _argv(self, port: int) -> list[str]:
+        return [sys.executable, str(self.script), "--port", str(port), "--log", str(self.log_path)]
 
     def start(self) -> AppProcess:
-        for _attempt in range(3):
-            self.port = free_port()
-            if self._start_once():
-                return self
-        raise AssertionError(f"the {self.kind} app could not get a free port\n{self.output()}")
-
-    def _start_once(self) -> bool:
-        out, err = self.stdout_path.open("ab"), self.stderr_path.open("ab")
-        self._files = [out, err]
-        self.proc = subprocess.Popen(
-            [sys.executable, str(self.script), "--port", str(self.port), "--log", str(self.log_path)],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._close_files()
-                if "address already in use" in self.output().lower():
-                    return False
-                raise AssertionError(f"the {self.kind} app exited with {self.proc.returncode}\n{self.output()}")
-            if tcp_ready(self.port):
-                probe = f"probe-{secrets.token_hex(4)}"
-                answer = send(self.port, "GET", "/__probe", [(TEST_ID, probe)], b"")
-                assert answer.status == 200, (answer.status, answer.body[:300])
-                assert self.seen.get(probe, wait=2.0), f"the {self.kind} app did not record its probe"
-                return True
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError(f"the {self.kind} app was not ready within {START_TIMEOUT} s\n{self.output()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._close_files()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._close_files()
-
-    def _close_files(self) -> None:
-        for handle in self._files:
-            handle.close()
-        self._files = []
-
-    def output(self) -> str:
-        def read(path: Path) -> str:
-            return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-        return f"--- stdout ---\n{read(self.stdout_path)}--- stderr ---\n{read(self.stderr_path)}"
+        super().start()
+        probe = f"probe-{secrets.token_hex(4)}"
+        answer = send(self.port, "GET", "/__probe", [(TEST_ID, probe)], b"")
+        assert answer.status == 200, (answer.status, answer.body[:300])
+        assert self.seen.get(probe, wait=2.0), f"the {self.kind} app did not record its probe\n{self.output()}"
+        return self
 
 
 # -- raw requests ----------------------------------------------------------------------------------------------
