@@ -556,8 +556,10 @@ class MessageRewriter:
             if value is None or isinstance(value, bool):
                 continue
             if isinstance(value, dict | list):
+                # In a request the client chose that shape (and an app may store it as text): refused, always.
                 raise ProtectionError("a JSONPath of the rules matched an object or array, not a value",
-                                      where=rule.where)
+                                      status=400 if self.is_request else 502, where=rule.where,
+                                      final=self.is_request)
             was_number = isinstance(value, int | float)
 
             def sink(new: str, write: Callable[[Any], None] = write, was_number: bool = was_number) -> None:

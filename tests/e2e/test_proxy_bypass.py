@@ -316,9 +316,8 @@ def test_refusals_name_no_file_or_rule_line(stack: Stack) -> None:
     ]
     for target, body in cases:
         outcome, described = run(stack, "POST", target, JSON_CT, body, p.values())
-        # The object for $.name gets a 502 from the sidecar today (a client error all the same): either status
-        # is accepted here, this test is about the body.
-        assert outcome.kind in ("refused", "refused-5xx") and outcome.answer is not None, described
+        # Every one of these is the client's doing: a 4xx.
+        assert outcome.kind == "refused" and outcome.answer is not None, described
         text = outcome.answer.body.decode()
         assert not SERVER_DETAIL.search(text) and "rules.yaml" not in text and str(stack.workdir) not in text, text
 

@@ -332,7 +332,7 @@ def test_unparseable_json_response_is_refused(proxy: Proxy) -> None:
 def test_a_json_selector_matching_an_object_is_an_error(proxy: Proxy) -> None:
     flow = proxy.request(json_flow(f"{APP}/json", {"email": {"home": "jo@example.com"}}))
     status, answer = error_of(flow)
-    assert status == 502 and "object or array" in answer["message"]
+    assert status == 400 and "object or array" in answer["message"]
     assert "jo@example.com" not in flow.response.text
 
 

@@ -179,7 +179,7 @@ def test_error_bodies_name_the_route_never_the_rule_file(make_proxy: MakeProxy) 
     """)
     flow = proxy.request(json_flow(f"{APP}/o", {"user": {"email": EMAIL}}))
     status, answer = error_of(flow)
-    assert status == 502 and answer["route"] == "objects"
+    assert status == 400 and answer["route"] == "objects"
     assert ".yaml" not in answer["message"] and "rules" not in answer["message"].split("route")[0]
 
 
