@@ -372,16 +372,19 @@ def parts(body: bytes, boundary: bytes, max_parts: int = MAX_PARTS,
     return found
 
 
-def values(body: bytes, boundary: bytes, name: str) -> list[str]:
-    return [body[p.start : p.end].decode("utf-8", "surrogateescape") for p in parts(body, boundary) if p.name == name]
+def values(body: bytes, boundary: bytes, name: str, found: list[Part] | None = None) -> list[str]:
+    """`found`: what parts() returned for this very body, so that it is not read (and cross-checked) again."""
+    found = parts(body, boundary) if found is None else found
+    return [body[p.start : p.end].decode("utf-8", "surrogateescape") for p in found if p.name == name]
 
 
-def replace_values(body: bytes, boundary: bytes, name: str, new: list[str | None]) -> bytes:
+def replace_values(body: bytes, boundary: bytes, name: str, new: list[str | None],
+                   found: list[Part] | None = None) -> bytes:
     """The body with the values of `name`'s parts replaced in order; None removes that whole part. A new value that
-    holds the delimiter would frame the body anew: MultipartError."""
+    holds the delimiter would frame the body anew: MultipartError. `found`: as for values()."""
     delimiter = b"--" + boundary
     chunks, last, i = [], 0, 0
-    for part in parts(body, boundary):
+    for part in parts(body, boundary) if found is None else found:
         if part.name != name:
             continue
         value = new[i]

@@ -157,7 +157,8 @@ class _Work:
         return person
 
 
-def read_subject(request: http.Request, subject: Subject | None, doc: Any = None) -> tuple[str, str] | None:
+def read_subject(request: http.Request, subject: Subject | None, doc: Any = None,
+                 parsed: _Parsed = None) -> tuple[str, str] | None:
     """The value that identifies the person, read before anything in the request is rewritten. `doc`: the body
     as MessageRewriter.prepare parsed it (_NO_JSON when it is not JSON)."""
     if subject is None:
@@ -175,7 +176,7 @@ def read_subject(request: http.Request, subject: Subject | None, doc: Any = None
                 found = [m.value for m in selector.expr.find(doc)]
             value = found[0] if found else None
     else:
-        values = _field_values(request, selector, request)
+        values = _field_values(request, selector, request, parsed)
         value = values[0] if values else None
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
@@ -290,6 +291,15 @@ def _content(message: http.Message) -> bytes | None:
     return message.raw_content
 
 
+# A multipart body and the parts multipart.parts() found in it (strict parse and cross-checks done), or None.
+_Parsed = tuple[bytes, list[multipart.Part]] | None
+
+
+def _parts_of(parsed: _Parsed, content: bytes) -> list[multipart.Part] | None:
+    """The parts already read for `content`, when it is that very body (not one a rule has rewritten since)."""
+    return parsed[1] if parsed is not None and parsed[0] is content else None
+
+
 def _boundary(message: http.Message) -> bytes:
     try:
         boundary = multipart.boundary_of(message.headers.get("content-type", ""))
@@ -305,7 +315,9 @@ def _mimetype(message: http.Message) -> str:
     return message.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _field_values(message: http.Message, selector: FieldSelector, request: http.Request) -> list[str]:
+def _field_values(message: http.Message, selector: FieldSelector, request: http.Request,
+                  parsed: _Parsed = None) -> list[str]:
+    """`parsed`: the multipart body and its parts as MessageRewriter.prepare read them (see _parts_of)."""
     place, name = selector.place, selector.name
     if place == "query":
         return list(request.query.get_all(name)) if message is request else []
@@ -326,13 +338,14 @@ def _field_values(message: http.Message, selector: FieldSelector, request: http.
             return []
         boundary = _boundary(message)
         try:
-            return multipart.values(content, boundary, name)
+            return multipart.values(content, boundary, name, _parts_of(parsed, content))
         except ValueError:
             raise ProtectionError("the multipart body is malformed") from None
     return []
 
 
-def _set_field_values(message: http.Message, selector: FieldSelector, values: list[str | None]) -> None:
+def _set_field_values(message: http.Message, selector: FieldSelector, values: list[str | None],
+                      parsed: _Parsed = None) -> None:
     """Write back one field's values; None removes that occurrence."""
     place, name = selector.place, selector.name
     kept = [v for v in values if v is not None]
@@ -352,7 +365,8 @@ def _set_field_values(message: http.Message, selector: FieldSelector, values: li
     else:
         boundary = multipart.boundary_of(message.headers.get("content-type", ""))
         assert boundary is not None  # values were read with it
-        message.content = multipart.replace_values(message.get_content() or b"", boundary, name, values)
+        content = _content(message) or b""
+        message.content = multipart.replace_values(content, boundary, name, values, _parts_of(parsed, content))
 
 
 class MessageRewriter:
@@ -383,6 +397,7 @@ class MessageRewriter:
         self._encoding = ""  # the Content-Encoding taken off while the body is worked on
         self._raw: bytes | None = None
         self._decoded: bytes | None = None
+        self._multipart: _Parsed = None  # read once in prepare, reused by every form rule on the same body
 
     async def _cpu(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.to_thread(fn) if self.heavy else fn()
@@ -444,8 +459,8 @@ class MessageRewriter:
                 self.doc = _NO_JSON
         if mimetype == MULTIPART_TYPE and (form_rules or text_rules):
             boundary = _boundary(self.message)
-            try:
-                multipart.parts(body, boundary)  # refuses framing that parsers would read differently
+            try:  # refuses framing that parsers would read differently
+                self._multipart = (body, multipart.parts(body, boundary))
             except ValueError as exc:
                 raise ProtectionError(f"the multipart body is refused: {getattr(exc, 'message', 'malformed')}",
                                       status=400, final=True) from None
@@ -461,7 +476,9 @@ class MessageRewriter:
             raise ProtectionError(f"this route's rules read {wanted} bodies, and this body is not one", status=415)
 
     def subject(self) -> tuple[str, str] | None:
-        return read_subject(self.request, self.route.subject, self.doc) if self.route.subject else None
+        if self.route.subject is None:
+            return None
+        return read_subject(self.request, self.route.subject, self.doc, self._multipart)
 
     # -- applying the rules ----------------------------------------------------------------------------------------
 
@@ -526,12 +543,12 @@ class MessageRewriter:
         if isinstance(selector, JsonSelector):
             return self._json(rule, selector, work, holder)
         assert isinstance(selector, FieldSelector)
-        values: list[str | None] = list(_field_values(self.message, selector, self.request))
+        values: list[str | None] = list(_field_values(self.message, selector, self.request, self._multipart))
         if not values:
             return lambda: None
         for i, value in enumerate(values):
             self._act(rule, value, work, _list_sink(values, i), strict=True)
-        return lambda: _set_field_values(self.message, selector, values)
+        return lambda: _set_field_values(self.message, selector, values, self._multipart)
 
     def _json(self, rule: Rule, selector: JsonSelector, work: _Work, holder: list[Any]) -> Callable[[], None]:
         if holder[0] is _NO_JSON:
@@ -613,7 +630,6 @@ class MessageRewriter:
             target.plan(rules, self, work)
         return lambda: [t.finish() for t in targets]  # type: ignore[func-returns-value]
 
-
     def _body_text(self) -> tuple[str | None, str]:
         """The body as text, in its declared charset or else UTF-8 (a BOM says which UTF); (None, "") when it is
         not text, which a request refuses unless the route says `on_unreadable_body: pass`."""
@@ -652,22 +668,24 @@ class _Text:
         self._starts: list[int] = []
         self._ends: list[int] = []
 
-    def _overlaps(self, start: int, end: int) -> bool:
+    def _take(self, start: int, end: int) -> bool:
+        """Keep the span [start, end) unless it overlaps one kept already (the earlier one wins)."""
         i = bisect.bisect_right(self._starts, start)
-        return (i > 0 and self._ends[i - 1] > start) or (i < len(self._starts) and self._starts[i] < end)
+        if (i > 0 and self._ends[i - 1] > start) or (i < len(self._starts) and self._starts[i] < end):
+            return False
+        self._starts.insert(i, start)
+        self._ends.insert(i, end)
+        return True
 
     def plan(self, rules: Sequence[Rule], rewriter: MessageRewriter, work: _Work) -> None:
         if not self.text:
             return
         for rule in rules:
             for start, end, kind in _spans(rule, self.text):
-                if self._overlaps(start, end) or self.text[start:end] in rewriter.produced:
+                if self.text[start:end] in rewriter.produced or not self._take(start, end):
                     continue
                 index = len(self.spans)
                 self.spans.append((start, end))
-                i = bisect.bisect_right(self._starts, start)
-                self._starts.insert(i, start)
-                self._ends.insert(i, end)
 
                 def sink(new: str | None, index: int = index) -> None:
                     self.replacements[index] = "" if new is None else new
