@@ -182,33 +182,32 @@ def test_error_bodies_name_the_route_never_the_rule_file(make_proxy: MakeProxy) 
     assert ".yaml" not in answer["message"] and "rules" not in answer["message"].split("route")[0]
 
 
+BULK_RULES = """
+version: 1
+routes:
+  - name: bulk
+    match: {path: "/bulk"}
+    request:
+      - {json: "$[*].email", action: tokenize, kind: email}
+"""
+
+
+def bulk(n: int) -> list[dict[str, str]]:
+    return [{"email": f"u{i}@example.com"} for i in range(n)]
+
+
 def test_values_per_message_are_capped(make_proxy: MakeProxy) -> None:
-    proxy = make_proxy("""
-        version: 1
-        routes:
-          - name: bulk
-            match: {path: "/bulk"}
-            request:
-              - {json: "$[*].email", action: tokenize, kind: email}
-    """, extra_proxy={"max_values_per_message": 50})
-    ok = proxy.request(json_flow(f"{APP}/bulk", [{"email": f"u{i}@example.com"} for i in range(50)]))
+    proxy = make_proxy(BULK_RULES, extra_proxy={"max_values_per_message": 50})
+    ok = proxy.request(json_flow(f"{APP}/bulk", bulk(50)))
     assert ok.response is None and b"u1@example.com" not in ok.request.raw_content
-    status, answer = error_of(proxy.request(json_flow(f"{APP}/bulk", [{"email": f"u{i}@example.com"}
-                                                                        for i in range(51)])))
+    status, answer = error_of(proxy.request(json_flow(f"{APP}/bulk", bulk(51))))
     assert status == 413 and "50" in answer["message"]
 
 
 def test_a_large_message_is_tokenized_in_several_vault_calls(make_proxy: MakeProxy) -> None:
     from proxy_addons import rewrite
 
-    proxy = make_proxy("""
-        version: 1
-        routes:
-          - name: bulk
-            match: {path: "/bulk"}
-            request:
-              - {json: "$[*].email", action: tokenize, kind: email}
-    """)
+    proxy = make_proxy(BULK_RULES)
     calls: list[int] = []
     client = proxy.addon.client
     real = client.tokenize  # type: ignore[union-attr]
@@ -219,7 +218,7 @@ def test_a_large_message_is_tokenized_in_several_vault_calls(make_proxy: MakePro
 
     client.tokenize = counting  # type: ignore[union-attr,method-assign]
     n = rewrite.CHUNK * 2 + 7
-    flow = proxy.request(json_flow(f"{APP}/bulk", [{"email": f"u{i}@example.com"} for i in range(n)]))
+    flow = proxy.request(json_flow(f"{APP}/bulk", bulk(n)))
     assert flow.response is None and calls == [rewrite.CHUNK, rewrite.CHUNK, 7]
     assert not any(f"u{i}@example.com".encode() in flow.request.raw_content for i in range(n))
 
