@@ -20,13 +20,16 @@ from vault.formats import TOKEN_PATTERN
 _ESCAPE = re.compile(r"\\u00([0-9a-fA-F]{2})")
 
 
-def brought_tokens(request: http.Request, body: bytes | None) -> frozenset[str]:
+def brought_tokens(request: http.Request, body: bytes | None, doc: Any = None) -> frozenset[str]:
     """Every recognisable token in the request as the app could read it: path and query (decoded), header values,
-    and the body (as JSON strings and keys when it parses, else as text, percent-decoded too)."""
+    and the body (as JSON strings and keys when it parses, else as text, percent-decoded too). `doc`: the body
+    already parsed as JSON, when the caller has it."""
     target = request.data.path.decode("utf-8", "replace")
     texts = [target, urllib.parse.unquote_plus(target)]
     texts += [value for _name, value in request.headers.items(multi=True)]
-    if body:
+    if doc is not None:
+        _strings(doc, texts)
+    elif body:
         try:
             _strings(json.loads(body), texts)
         except (ValueError, UnicodeDecodeError, RecursionError):

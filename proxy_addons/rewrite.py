@@ -475,6 +475,11 @@ class MessageRewriter:
             wanted = " or ".join(w for w, on in (("JSON", json_rules), ("a form", form_rules)) if on)
             raise ProtectionError(f"this route's rules read {wanted} bodies, and this body is not one", status=415)
 
+    @property
+    def json_doc(self) -> Any:
+        """The body as prepare() parsed it as JSON, or None when it did not (not JSON, or not read as JSON)."""
+        return None if self.doc is _NO_JSON else self.doc
+
     def subject(self) -> tuple[str, str] | None:
         if self.route.subject is None:
             return None

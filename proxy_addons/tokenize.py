@@ -285,7 +285,8 @@ class Tokenbunker:
                                        withheld=frozenset() if read else self._brought.get(flow, frozenset()))
             await rewriter.prepare()
             if read and _reveals(route):
-                self._brought[flow] = echo.brought_tokens(flow.request, flow.request.raw_content)
+                self._brought[flow] = echo.brought_tokens(flow.request, flow.request.raw_content,
+                                                          rewriter.json_doc)
             subject = rewriter.subject() if read else self._subjects.get(flow)
             person = await rewriter.apply(self.client, subject)
             if rewriter.unreadable:
