@@ -128,16 +128,6 @@ def decode(raw: bytes, content_encoding: str, limit: int) -> bytes:
     return sink.result()
 
 
-def exceeds(raw: bytes, content_encoding: str, limit: int) -> bool:
-    """True when `raw` does not decode to at most `limit` bytes: too large, and also (failing closed) undecodable or
-    in an unsupported encoding. Kept for older callers; new code should call `decode` and answer `BodyError.status`."""
-    try:
-        decode(raw, content_encoding, limit)
-    except BodyError:
-        return True
-    return False
-
-
 def _too_large(limit: int) -> str:
     return f"the body is larger than the limit of {limit} bytes once decoded"
 

@@ -23,7 +23,6 @@ from proxy_addons.bodylimit import (
     EncodingUnsupported,
     decode,
     encodings_of,
-    exceeds,
 )
 
 try:
@@ -151,7 +150,6 @@ def test_one_gib_bomb_is_refused_early_with_bounded_memory(name: str) -> None:
     assert caught.value.status == 413
     assert peak < 3 * limit + MiB, f"{name}: peak {peak} bytes"
     assert elapsed < 2.0, f"{name}: {elapsed:.2f} s"
-    assert exceeds(body, encoding, limit)
 
 
 # --- round trips ------------------------------------------------------------------------------------------------
@@ -182,8 +180,6 @@ def test_limit_is_inclusive(name: str) -> None:
     assert decode(body, header(name), len(DATA)) == DATA
     with pytest.raises(BodyTooLarge):
         decode(body, header(name), len(DATA) - 1)
-    assert not exceeds(body, header(name), len(DATA))
-    assert exceeds(body, header(name), len(DATA) - 1)
 
 
 def test_multi_member_gzip_decodes_every_member() -> None:
@@ -255,7 +251,6 @@ def _refused(raw: bytes, content_encoding: str, kind: type[BodyError], status: i
         decode(raw, content_encoding, MiB)
     assert caught.value.status == status
     assert caught.value.message and "\n" not in caught.value.message
-    assert exceeds(raw, content_encoding, MiB)  # fails closed
     return caught.value
 
 
