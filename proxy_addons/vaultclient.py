@@ -92,14 +92,13 @@ class InProcessVault:
                                    {"kinds": kinds, "count": len(items)})])
             return hit
         work = FlowTokenize(subject, items)
-        result = await self._write_job(self._tokenize, work)
+        result = await self._write_job(self._tokenize, work, len(items))
         self.cache.remember(subject, items, result)
         return result  # type: ignore[no-any-return]
 
-    async def _write_job(self, run: Callable[[list[Any]], Sequence[Any]], work: Any) -> Any:
-        """`work` in a transaction on the loop when the flow may have one there (see _may_inline), else on the
-        writer thread with its group."""
-        size = len(getattr(work, "items", None) or getattr(work, "tokens", None) or ())
+    async def _write_job(self, run: Callable[[list[Any]], Sequence[Any]], work: Any, size: int) -> Any:
+        """`work` (of `size` values) in a transaction on the loop when the flow may have one there (see _may_inline)
+        and it is small, else on the writer thread with its group."""
         result = self._inline(run, work) if size <= INLINE_MAX_VALUES and self._may_inline() else _HAND_OVER
         if result is _HAND_OVER:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -115,7 +114,7 @@ class InProcessVault:
         if self.audit_wait:
             # One hop to the writer, read and audited in its group's transaction (or that transaction here).
             work = FlowReveal(tokens, reveal, purpose, route)
-            result: tuple[list[str | None], list[str | None]] = await self._write_job(self._reveal, work)
+            result: tuple[list[str | None], list[str | None]] = await self._write_job(self._reveal, work, len(tokens))
             return result
         self._check_audit()
         work = FlowReveal(tokens, reveal, purpose, route)
